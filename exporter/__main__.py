@@ -1,0 +1,183 @@
+"""CLI: `python -m exporter list | zoo | module | onnx` (see --help of each).
+
+Every failure the user can fix ends in one line on stderr and exit status 2; nothing half-written remains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+import sys
+from pathlib import Path
+
+from exporter.errors import ExportError
+from service.manifest import Preprocess, load_manifest
+
+DEFAULT_OUT = Path("exported_models")
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    values = [float(v) for v in _csv(text)]
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError("give three comma-separated numbers (R,G,B)")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m exporter", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    listing = sub.add_parser("list", help="built-in models and whether their weights are installed")
+    listing.add_argument("--out", type=Path, default=DEFAULT_OUT)
+
+    zoo = sub.add_parser("zoo", help="export a built-in pretrained model")
+    zoo.add_argument("model")
+    zoo.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    zoo.add_argument("--skip-existing", action="store_true", help="do nothing if an intact export exists")
+
+    module = sub.add_parser("module", help="export any torch nn.Module from an importable factory")
+    module.add_argument("factory", help="'package.module:function' returning an nn.Module")
+    module.add_argument("--name", required=True)
+    module.add_argument("--layers", required=True, type=_csv, help="module paths as named_modules() prints them")
+    _common(module)
+    module.add_argument("--weights", type=Path, help="state dict, loaded with torch.load(weights_only=True)")
+
+    foreign = sub.add_parser("onnx", help="expose intermediate tensors of an existing ONNX model")
+    foreign.add_argument("path", type=Path)
+    foreign.add_argument("--name")
+    picks = foreign.add_mutually_exclusive_group()
+    picks.add_argument("--layers", type=_csv, help="tensor names to expose")
+    picks.add_argument("--auto", action="store_true", help="last tensor at each stride + the final outputs")
+    picks.add_argument("--list-tensors", action="store_true", help="print candidate tensors and exit")
+    _common(foreign)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--levels", type=_csv, help="low|mid|high per layer (default: thirds by depth)")
+    parser.add_argument("--input-size", type=int, help="square input side (default 224, or the ONNX input's)")
+    parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default size/0.875)")
+    parser.add_argument("--mean", type=_floats, help="per-channel mean in 0-255 units (default ImageNet)")
+    parser.add_argument("--std", type=_floats, help="per-channel std in 0-255 units (default ImageNet)")
+    parser.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic", "lanczos"], default="bilinear")
+    parser.add_argument("--no-labels", action="store_true", help="do not attach ImageNet labels to [1000] outputs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+
+
+def _preprocess(args, size: int) -> Preprocess:
+    defaults = Preprocess(size=[size, size], resize=round(size / 0.875))
+    return Preprocess(
+        size=[size, size],
+        resize=args.resize or defaults.resize,
+        interpolation=args.interpolation,
+        mean=args.mean or defaults.mean,
+        std=args.std or defaults.std,
+    )
+
+
+def _labels(args):
+    if args.no_labels:
+        return None
+    from exporter.zoo import imagenet_labels
+
+    return imagenet_labels()
+
+
+def _report(directory: Path) -> None:
+    manifest = load_manifest(directory / "model.json")
+    print(f"wrote {directory / manifest.onnx.file} (sha256 {manifest.onnx.sha256[:12]}…, opset {manifest.onnx.opset})")
+    print(f"wrote {directory / 'model.json'} (verified against {manifest.verification.reference}: "
+          f"max abs error {manifest.verification.max_abs_error:.2e})")  # fmt: skip
+    print(f"  {'layer':<24} {'level':<5} {'shape':<16} {'stride':>6} {'RF':>5}")
+    for layer in manifest.layers:
+        shape = "x".join(map(str, layer.shape))
+        print(f"  {layer.name:<24} {layer.level:<5} {shape:<16} {layer.stride or '-':>6} "
+              f"{layer.receptive_field or '-':>5}")  # fmt: skip
+
+
+def _list(args) -> None:
+    from exporter.build import is_current
+    from exporter.zoo import RECIPES
+
+    print(f"{'model':<22} {'input':>5}  {'weights package':<36} {'weights':<13} export")
+    for recipe in RECIPES.values():
+        installed = "installed" if recipe.installed else "not installed"
+        exported = str(args.out / recipe.name) if is_current(args.out, recipe.name) else "-"
+        print(f"{recipe.name:<22} {recipe.image_size:>5}  {recipe.weights_package:<36} {installed:<13} {exported}")
+
+
+def _run(args) -> None:
+    from exporter import sources
+
+    if args.command == "list":
+        return _list(args)
+    if args.command == "zoo":
+        from exporter.build import is_current
+        from exporter.zoo import recipe
+
+        recipe(args.model)
+        if args.skip_existing and is_current(args.out, args.model):
+            print(f"{args.out / args.model} is up to date; nothing to do")
+            return None
+        return _report(sources.export_zoo(args.model, args.out))
+    if args.command == "module":
+        preprocess = _preprocess(args, args.input_size or 224)
+        directory = sources.export_module(args.factory, args.name, args.layers, args.levels, preprocess,
+                                          args.weights, args.out, _labels(args))  # fmt: skip
+        return _report(directory)
+    return _run_onnx(args, sources)
+
+
+def _run_onnx(args, sources) -> None:
+    from exporter.onnx_expose import image_input, spatial_tensors
+
+    model = sources.read_onnx(args.path)
+    input_name, dims = image_input(model)
+    if args.list_tensors:
+        for tensor, geo in spatial_tensors(model, input_name).items():
+            print(f"{tensor}\tstride={geo.stride}\treceptive_field={geo.receptive_field}")
+        return None
+    if not args.name:
+        raise ExportError("--name is required (the model's directory and API name)")
+    if not (args.layers or args.auto):
+        raise ExportError("choose the tensors: --layers t1,t2,… or --auto (see --list-tensors)")
+    fixed = [d for d in dims[2:] if isinstance(d, int)]
+    if len(fixed) == 2 and fixed[0] != fixed[1]:
+        raise ExportError(f"non-square fixed inputs ({fixed[0]}x{fixed[1]}) are not supported")
+    if fixed and args.input_size and args.input_size != fixed[0]:
+        raise ExportError(f"--input-size {args.input_size} but the model's input is fixed at {fixed[0]}")
+    size = fixed[0] if fixed else (args.input_size or 224)
+    directory = sources.export_onnx(args.path, args.name, args.layers, args.levels, _preprocess(args, size),
+                                    args.out, _labels(args))  # fmt: skip
+    return _report(directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # torch.onnx logs optional-dependency notices at WARNING
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export internals, not the user's concern
+    try:
+        _run(args)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The three ways a model enters the exporter (zoo recipe, importable nn.Module, foreign ONNX file).
+
+Each turns its input into an ONNX graph with one output per layer plus a reference to verify against,
+then hands over to build.finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from exporter.build import LayerPlan, check_name, finish, run_all
+from exporter.errors import ExportError
+from exporter.onnx_expose import auto_layers, check_tensors, expose, image_input
+from exporter.verify import session
+from service.manifest import LEVELS, Preprocess, Source
+
+
+def _torch_reference(model, taps):
+    import torch
+
+    from exporter.torch_export import TapModel
+
+    wrapper = TapModel(model, taps).eval()
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            outputs = wrapper(torch.from_numpy(batch))
+        return {tap.name: out.numpy() for tap, out in zip(taps, outputs, strict=True)}
+
+    return run
+
+
+def _export_torch(name, model, taps, levels, preprocess, source, out_root, labels) -> Path:
+    from exporter.torch_export import export_taps, order_by_depth
+
+    level_of = dict(zip((t.name for t in taps), levels, strict=True)) if levels else {}
+    taps = order_by_depth(model, taps, tuple(preprocess.size))
+    onnx_model = export_taps(model, taps, tuple(preprocess.size))
+    plans = [LayerPlan(t.name, f"{t.module}" + (":input" if t.port == "input" else ""), level_of.get(t.name))
+             for t in taps]  # fmt: skip
+    import torch
+
+    reference = _torch_reference(model, taps)
+    return finish(name, onnx_model, plans, preprocess, source, reference, f"torch {torch.__version__}",
+                  out_root, labels)  # fmt: skip
+
+
+def export_zoo(model_name: str, out_root: Path) -> Path:
+    from exporter.zoo import imagenet_labels, recipe
+
+    chosen = recipe(model_name)
+    with contextlib.redirect_stdout(io.StringIO()):  # the weights package prints on load
+        model = chosen.build()
+    taps, levels = chosen.taps(model)
+    return _export_torch(model_name, model, taps, levels, chosen.preprocess, chosen.source, out_root,
+                         imagenet_labels())  # fmt: skip
+
+
+def load_factory(spec: str):
+    """'package.module:factory' -> the nn.Module the factory returns."""
+    from torch import nn
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ExportError(f"factory {spec!r} must look like 'package.module:function'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ExportError(f"cannot import {module_name!r}: {exc}") from exc
+    except AttributeError as exc:
+        raise ExportError(f"module {module_name!r} has no attribute {attr!r}") from exc
+    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"not a CNN-like image model: {spec} gave a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def load_weights(model, path: Path) -> None:
+    """Load a state dict safely: tensors only (weights_only=True), never arbitrary pickled code."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ExportError(f"weights file not found: {path}") from exc
+    except Exception as exc:
+        raise ExportError(f"cannot load weights {path} safely (weights_only=True): {str(exc).splitlines()[0]}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ExportError(f"weights file {path} does not hold a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ExportError(f"weights {path} do not fit the model: {str(exc).splitlines()[1:2] or exc}") from exc
+
+
+def export_module(
+    factory: str, name: str, layers: list[str], levels: list[str] | None, preprocess: Preprocess,
+    weights: Path | None, out_root: Path, labels: list[str] | None,
+) -> Path:  # fmt: skip
+    from exporter.torch_export import Tap
+
+    check_name(name)
+    check_levels(levels, layers)
+    model = load_factory(factory)
+    if weights is not None:
+        load_weights(model, weights)
+    source = Source(kind="module", origin=factory, weights=str(weights.name) if weights else None)
+    taps = [Tap(layer, layer) for layer in layers]
+    return _export_torch(name, model.eval(), taps, levels, preprocess, source, out_root, labels)
+
+
+def read_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except FileNotFoundError as exc:
+        raise ExportError(f"ONNX file not found: {path}") from exc
+    except Exception as exc:
+        raise ExportError(f"cannot read {path} as an ONNX model: {str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def export_onnx(
+    path: Path, name: str, tensors: list[str] | None, levels: list[str] | None, preprocess: Preprocess,
+    out_root: Path, labels: list[str] | None,
+) -> Path:  # fmt: skip
+    check_name(name)
+    original = read_onnx(path)
+    input_name, dims = image_input(original)
+    if tensors:
+        check_tensors(original, input_name, tensors)
+        chosen = {tensor: tensor for tensor in tensors}
+    else:
+        chosen = auto_layers(original, input_name)
+    check_levels(levels, list(chosen))
+    exposed = expose(original, chosen)
+    order = {out: i for i, node in enumerate(exposed.graph.node) for out in node.output}
+    ordered = sorted(chosen, key=lambda layer: order[layer])
+    level_of = dict(zip(chosen, levels, strict=True)) if levels else {}
+    plans = [LayerPlan(layer, chosen[layer], level_of.get(layer)) for layer in ordered]
+    original_session = session(original)
+    original_outputs = [o.name for o in original_session.get_outputs()]
+
+    def reference(batch: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = run_all(original_session, batch, dynamic=not isinstance(dims[0], int))
+        return {k: v for k, v in outputs.items() if k in original_outputs}
+
+    source = Source(kind="onnx", origin=Path(path).name)
+    return finish(name, exposed, plans, preprocess, source, reference, f"the original {Path(path).name}",
+                  out_root, labels)  # fmt: skip
+
+
+def check_levels(levels: list[str] | None, layers: list[str]) -> None:
+    if levels is None:
+        return
+    bad = [level for level in levels if level not in LEVELS]
+    if bad:
+        raise ExportError(f"unknown level {bad[0]!r}; levels are {', '.join(LEVELS)}")
+    if len(levels) != len(layers):
+        raise ExportError(f"{len(levels)} levels given for {len(layers)} layers; give one level per layer")

@@ -1,0 +1,154 @@
+"""The model.json schema: what an export contains, shared by the exporter (writer) and the service (reader).
+
+Plain dataclasses so both sides agree on one definition; `load_manifest` rejects files that do not fit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+LEVELS = ("low", "mid", "high")
+POOLINGS = ("none", "avg", "max")
+
+
+class ManifestError(ValueError):
+    """A model.json that is missing, unreadable or does not follow the schema."""
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    file: str
+    sha256: str
+    opset: int
+    input: str
+    input_shape: list[int]  # [C, H, W], batch axis excluded
+    layout: str = "NCHW"
+    dynamic_batch: bool = True
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes the network input: resize shorter side, centre crop, (x - mean) / std.
+
+    mean/std are in pixel units (0-255), so models trained on [0, 1] inputs use 255 x the usual values.
+    """
+
+    size: list[int]  # [H, W] of the network input
+    resize: int  # shorter side before the centre crop
+    crop: str = "center"
+    interpolation: str = "bicubic"
+    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    channels: str = "RGB"
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    level: str
+    shape: list[int]  # batch axis excluded: [C, H, W] for maps, [C] for vectors
+    stride: int | None  # input pixels per output cell; None for vectors
+    receptive_field: int | None  # input pixels one cell sees (conv path); None for vectors
+    outputs: dict[str, str]  # pooling -> ONNX output name ("none" always, "avg"/"max" for maps)
+    source: str = ""  # module path or ONNX tensor this layer was taken from
+    global_context: bool = False  # a global branch (e.g. squeeze-excite) feeds into it
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # zoo | module | onnx
+    origin: str  # recipe name, factory path or original ONNX file name
+    weights: str | None = None  # package or file the weights came from
+    version: str | None = None
+    license: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    passed: bool
+    reference: str  # what ONNX Runtime was compared with
+    images: list[str]
+    tolerance: str
+    max_abs_error: float
+    per_output: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    onnx: OnnxInfo
+    source: Source
+    preprocess: Preprocess
+    layers: list[Layer]
+    verification: Verification
+    labels: list[str] | None = None
+    logits_layer: str | None = None  # the layer the labels index, when there are labels
+    tools: dict[str, str] = field(default_factory=dict)  # versions that produced the export
+    schema_version: int = SCHEMA_VERSION
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            if data.get("schema_version") != SCHEMA_VERSION:
+                raise ManifestError(
+                    f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}; re-export the model"
+                )
+            manifest = cls(
+                name=data["name"],
+                onnx=OnnxInfo(**data["onnx"]),
+                source=Source(**data["source"]),
+                preprocess=Preprocess(**data["preprocess"]),
+                layers=[Layer(**layer) for layer in data["layers"]],
+                verification=Verification(**data["verification"]),
+                labels=data.get("labels"),
+                logits_layer=data.get("logits_layer"),
+                tools=data.get("tools", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"manifest does not follow the schema: {exc}") from exc
+        manifest._check()
+        return manifest
+
+    def _check(self) -> None:
+        if not self.layers:
+            raise ManifestError(f"{self.name}: manifest lists no layers")
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ManifestError(f"{self.name}: duplicate layer names")
+        for layer in self.layers:
+            if layer.level not in LEVELS:
+                raise ManifestError(f"{self.name}: layer {layer.name} has level {layer.level!r}")
+            if "none" not in layer.outputs or not set(layer.outputs) <= set(POOLINGS):
+                raise ManifestError(f"{self.name}: layer {layer.name} has outputs {sorted(layer.outputs)}")
+        if self.logits_layer is not None and self.logits_layer not in names:
+            raise ManifestError(f"{self.name}: logits_layer {self.logits_layer!r} is not a layer")
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: not a JSON object")
+    return Manifest.from_dict(data)
