@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 import sys
+import warnings
 from pathlib import Path
 
 from exporter.errors import ExportError

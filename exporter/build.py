@@ -111,8 +111,9 @@ def finish(
     expected = with_pooled(reference(batch))
     for layer in spatial:  # a foreign model has no reference for our maps: check the heads against them
         for pooling in ("avg", "max"):
-            expected.setdefault(output_name(layer, pooling), with_pooled({layer: outputs[layer]})[
-                output_name(layer, pooling)])
+            expected.setdefault(
+                output_name(layer, pooling), with_pooled({layer: outputs[layer]})[output_name(layer, pooling)]
+            )
     verification = compare(expected, outputs, reference_label)
 
     geometry = analyse(final, input_name)
@@ -145,7 +146,8 @@ def finish(
             sha256="",
             opset=_opset(final),
             input=input_name,
-            input_shape=[int(d) for d in dims[1:]] if all(isinstance(d, int) for d in dims[1:])
+            input_shape=[int(d) for d in dims[1:]]
+            if all(isinstance(d, int) for d in dims[1:])
             else [int(dims[1]), *preprocess.size],
             dynamic_batch=dynamic,
         ),

@@ -47,8 +47,7 @@ class Recipe:
     def source(self) -> Source:
         return Source(
             kind="zoo",
-            origin=f"efficientnet-lite-pytorch {importlib.metadata.version('efficientnet-lite-pytorch')}"
-            f" ({self.arch})",
+            origin=f"efficientnet-lite-pytorch {importlib.metadata.version('efficientnet-lite-pytorch')} ({self.arch})",
             weights=self.weights_package,
             version=importlib.metadata.version(self.weights_package),
             license="Apache-2.0 (TensorFlow TPU EfficientNet-Lite checkpoints)",
