@@ -140,8 +140,9 @@ def _run_onnx(args, sources) -> None:
     model = sources.read_onnx(args.path)
     input_name, dims = image_input(model)
     if args.list_tensors:
+        producer = {out: node.op_type for node in model.graph.node for out in node.output}
         for tensor, geo in spatial_tensors(model, input_name).items():
-            print(f"{tensor}\tstride={geo.stride}\treceptive_field={geo.receptive_field}")
+            print(f"{tensor}\top={producer[tensor]}\tstride={geo.stride}\treceptive_field={geo.receptive_field}")
         return None
     if not args.name:
         raise ExportError("--name is required (the model's directory and API name)")

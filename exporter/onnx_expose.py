@@ -52,8 +52,9 @@ def check_tensors(model: onnx.ModelProto, input_name: str, tensors: list[str]) -
 def auto_layers(model: onnx.ModelProto, input_name: str) -> dict[str, str]:
     """Layer name -> tensor: the last tensor at each stride (where the resolution changes) + final outputs."""
     last_at_stride: dict[float, str] = {}
+    padded = {out for node in model.graph.node if node.op_type == "Pad" for out in node.output}
     for name, geo in spatial_tensors(model, input_name).items():
-        if geo.spatial and geo.receptive_field > 1:
+        if geo.spatial and geo.receptive_field > 1 and name not in padded:  # a padded map is not a feature
             last_at_stride.pop(geo.stride, None)  # re-insert: keeps the order of the *last* occurrence
             last_at_stride[geo.stride] = name
     layers = {f"stride{_stride_label(stride)}": tensor for stride, tensor in last_at_stride.items()}
@@ -68,13 +69,14 @@ def _stride_label(stride: float) -> str:
     return str(int(stride)) if float(stride).is_integer() else f"{stride:g}".replace(".", "_")
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def _inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Type (element type + shape, as far as known) of every tensor, from ONNX shape inference."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is a nicety here; float32 is the fallback
+    except Exception:  # shape inference is a nicety here; float32 of unknown shape is the fallback
         inferred = model
     values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
-    return {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
+    return {v.name: v.type for v in values if v.type.tensor_type.elem_type}
 
 
 def expose(model: onnx.ModelProto, layers: dict[str, str]) -> onnx.ModelProto:
@@ -82,19 +84,36 @@ def expose(model: onnx.ModelProto, layers: dict[str, str]) -> onnx.ModelProto:
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     graph = exposed.graph
-    types = _elem_types(model)
+    types = _inferred_types(model)
     outputs = {o.name for o in graph.output}
     taken = {name for node in graph.node for name in node.output} | {i.name for i in graph.input}
     for layer, tensor in layers.items():
         if layer != tensor:
             if layer in taken:
                 raise ExportError(f"layer name {layer!r} clashes with a tensor of the graph; choose another")
-            graph.node.append(helper.make_node("Identity", [tensor], [layer], name=f"expose/{layer}"))
+            _rename(graph, tensor, layer)
+            types = {(layer if name == tensor else name): t for name, t in types.items()}
+            tensor = layer
         if layer not in outputs:
-            elem = types.get(tensor, onnx.TensorProto.FLOAT)
-            graph.output.append(helper.make_tensor_value_info(layer, elem, None))
+            value = helper.make_tensor_value_info(layer, onnx.TensorProto.FLOAT, None)
+            if tensor in types:
+                value.type.CopyFrom(types[tensor])
+            graph.output.append(value)
             outputs.add(layer)
     return exposed
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Give a tensor a new name everywhere (an Identity alias trips ORT's Conv+Clip fusion)."""
+    if old in {o.name for o in graph.output}:
+        graph.node.append(helper.make_node("Identity", [old], [new], name=f"expose/{new}"))
+        return
+    for node in graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+        node.input[:] = [new if name == old else name for name in node.input]
+    for value in graph.value_info:
+        if value.name == old:
+            value.name = new
 
 
 def add_pooled(model: onnx.ModelProto, spatial_layers: list[str], batch_dim) -> onnx.ModelProto:

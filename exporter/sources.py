@@ -143,8 +143,8 @@ def export_onnx(
         chosen = auto_layers(original, input_name)
     check_levels(levels, list(chosen))
     exposed = expose(original, chosen)
-    order = {out: i for i, node in enumerate(exposed.graph.node) for out in node.output}
-    ordered = sorted(chosen, key=lambda layer: order[layer])
+    depth = {out: i for i, node in enumerate(original.graph.node) for out in node.output}
+    ordered = sorted(chosen, key=lambda layer: depth[chosen[layer]])
     level_of = dict(zip(chosen, levels, strict=True)) if levels else {}
     plans = [LayerPlan(layer, chosen[layer], level_of.get(layer)) for layer in ordered]
     original_session = session(original)
