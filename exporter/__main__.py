@@ -162,7 +162,8 @@ def _run_onnx(args, sources) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # torch.onnx logs optional-dependency notices at WARNING
-    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export internals, not the user's concern
+    if not args.debug:  # torch/onnx internals warn a lot; what the user must know comes as an error line
+        warnings.simplefilter("ignore")
     try:
         _run(args)
     except ExportError as exc:

@@ -90,7 +90,10 @@ def load_weights(model, path: Path) -> None:
     except FileNotFoundError as exc:
         raise ExportError(f"weights file not found: {path}") from exc
     except Exception as exc:
-        raise ExportError(f"cannot load weights {path} safely (weights_only=True): {str(exc).splitlines()[0]}") from exc
+        reason = str(exc).split(". ")[0]
+        raise ExportError(
+            f"refused to load weights {path}: not a plain tensor file (weights_only=True): {reason}"
+        ) from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
