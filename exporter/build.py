@@ -7,7 +7,6 @@ appears only when every check passed (written to a temporary sibling, then renam
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import re
 import shutil
@@ -26,7 +25,7 @@ from exporter.errors import ExportError
 from exporter.onnx_expose import add_pooled, image_input, output_name
 from exporter.receptive_field import analyse
 from exporter.verify import compare, photo_batch, session, with_pooled
-from service.manifest import LEVELS, Layer, Manifest, OnnxInfo, Preprocess, Source, load_manifest
+from service.manifest import LEVELS, Layer, Manifest, OnnxInfo, Preprocess, Source, load_manifest, sha256_of
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ONNX_FILE = "model.onnx"
@@ -63,14 +62,6 @@ def is_current(out_root: Path, name: str) -> bool:
         return sha256_of(directory / manifest.onnx.file) == manifest.onnx.sha256
     except (OSError, ValueError):
         return False
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_all(sess: ort.InferenceSession, batch: np.ndarray, dynamic: bool) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ Plain dataclasses so both sides agree on one definition; `load_manifest` rejects
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,3 +153,12 @@ def load_manifest(path: Path) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: not a JSON object")
     return Manifest.from_dict(data)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

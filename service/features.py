@@ -1,0 +1,135 @@
+"""The core of a feature request, free of HTTP: options -> layers -> ONNX outputs -> normalised, encoded arrays.
+
+Shared by the web app and the batch extractor. Pooled vectors come from the graph's own pooled outputs;
+full maps are fetched only for pooling=none.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import BadRequest, NotFound
+from service.manifest import LEVELS, POOLINGS, Layer, Manifest
+
+ENCODINGS = ("json", "base64")
+DTYPES = ("float32", "float16")
+OPTION_NAMES = ("levels", "layers", "pooling", "normalize", "encoding", "dtype")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    levels: tuple[str, ...] = LEVELS
+    layers: tuple[str, ...] | None = None  # overrides levels
+    pooling: str = "avg"
+    normalize: bool = False
+    encoding: str = "json"
+    dtype: str = "float32"
+
+
+def _names(value, option: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise BadRequest(f"option {option!r} must be a list of names or a comma-separated string")
+    items = [item for item in items if item]
+    if not items:
+        raise BadRequest(f"option {option!r} is empty")
+    return tuple(dict.fromkeys(items))  # drop repeats, keep order
+
+
+def _choice(value, option: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in choices:
+        raise BadRequest(f"option {option}={value!r} is not one of {', '.join(choices)}", valid=list(choices))
+    return value.strip().lower()
+
+
+def _flag(value, option: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise BadRequest(f"option {option}={value!r} must be true or false")
+
+
+def parse_options(raw: dict[str, object]) -> FeatureOptions:
+    """Options from JSON fields, form fields or query parameters (values may be strings, lists or bools)."""
+    unknown = sorted(set(raw) - set(OPTION_NAMES))
+    if unknown:
+        raise BadRequest(
+            f"unknown option {unknown[0]!r}; options are {', '.join(OPTION_NAMES)}", valid=list(OPTION_NAMES)
+        )
+    options = {}
+    if "levels" in raw:
+        levels = _names(raw["levels"], "levels")
+        for level in levels:
+            _choice(level, "levels", LEVELS)
+        options["levels"] = tuple(level.lower() for level in levels)
+    if "layers" in raw:
+        options["layers"] = _names(raw["layers"], "layers")
+    if "pooling" in raw:
+        options["pooling"] = _choice(raw["pooling"], "pooling", POOLINGS)
+    if "normalize" in raw:
+        options["normalize"] = _flag(raw["normalize"], "normalize")
+    if "encoding" in raw:
+        options["encoding"] = _choice(raw["encoding"], "encoding", ENCODINGS)
+    if "dtype" in raw:
+        options["dtype"] = _choice(raw["dtype"], "dtype", DTYPES)
+    return FeatureOptions(**options)
+
+
+def select_layers(manifest: Manifest, options: FeatureOptions) -> list[Layer]:
+    """The layers a request asks for, in depth order; NotFound lists the valid names."""
+    if options.layers is None:
+        return [layer for layer in manifest.layers if layer.level in options.levels]
+    known = {layer.name for layer in manifest.layers}
+    for name in options.layers:
+        if name not in known:
+            valid = [layer.name for layer in manifest.layers]
+            raise NotFound(f"model {manifest.name} has no layer {name!r}; layers are {', '.join(valid)}", valid=valid)
+    return [layer for layer in manifest.layers if layer.name in options.layers]
+
+
+def output_name(layer: Layer, pooling: str) -> str:
+    """The ONNX output serving a layer at a pooling; vectors have nothing to pool and use their only output."""
+    return layer.outputs.get(pooling, layer.outputs["none"])
+
+
+def l2_normalise(array: np.ndarray) -> np.ndarray:
+    """Unit L2 norm along channels: per vector, or per spatial position of a [C, H, W] map."""
+    norm = np.linalg.norm(array, axis=0, keepdims=True)
+    return array / np.maximum(norm, 1e-12)
+
+
+def encode_array(array: np.ndarray, options: FeatureOptions) -> dict:
+    """One layer of one input: shape, dtype and values (JSON numbers) or data (base64 little-endian)."""
+    if options.normalize:
+        array = l2_normalise(array)
+    array = np.ascontiguousarray(array, dtype=np.dtype(options.dtype).newbyteorder("<"))
+    encoded = {"shape": list(array.shape), "dtype": options.dtype}
+    if options.encoding == "base64":
+        encoded["data"] = base64.b64encode(array.tobytes()).decode("ascii")
+    else:
+        encoded["values"] = array.astype(options.dtype)  # native order for orjson's numpy support
+    return encoded
+
+
+def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOptions) -> list[dict[str, dict]]:
+    """Per input: {level: {layer: encoded array}} for the requested layers, in input order."""
+    layers = select_layers(manifest, options)
+    names = [output_name(layer, options.pooling) for layer in layers]
+    outputs = runtime.run(list(dict.fromkeys(names)), batch)
+    by_name = dict(zip(dict.fromkeys(names), outputs, strict=True))
+    results = []
+    for index in range(len(batch)):
+        features: dict[str, dict] = {}
+        for layer, name in zip(layers, names, strict=True):
+            features.setdefault(layer.level, {})[layer.name] = encode_array(by_name[name][index], options)
+        results.append(features)
+    return results

@@ -1,0 +1,132 @@
+"""The HTTP edge of a feature request: multipart, JSON (base64 images or tensors) or a raw image body
+-> a list of inputs and the raw options; then inputs -> one NCHW float32 batch (decoding errors name the index).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from flask import Request
+
+from service.errors import BadRequest, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
+from service.images import ImageError, load_tensor
+from service.manifest import Manifest
+
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
+@dataclass(frozen=True)
+class Input:
+    """One image (encoded bytes) or one preprocessed tensor, as the client sent it."""
+
+    image: bytes | None = None
+    tensor: np.ndarray | None = None
+    name: str | None = None
+
+
+def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        inputs, options = _multipart(request)
+    elif mimetype == "application/json":
+        inputs, options = _json(request)
+    elif mimetype in RAW_IMAGE_TYPES:
+        inputs, options = [Input(image=request.get_data(cache=False))], request.args.to_dict()
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {mimetype or '(none)'} is not accepted; send multipart/form-data (field 'image'), "
+            f"application/json, or a raw {', '.join(RAW_IMAGE_TYPES)} body"
+        )
+    if not inputs:
+        raise BadRequest("the request holds no inputs; send at least one image or tensor")
+    if len(inputs) > max_images:
+        raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {max_images}", limit=max_images)
+    return inputs, options
+
+
+def _multipart(request: Request) -> tuple[list[Input], dict[str, object]]:
+    unexpected = sorted(set(request.files) - {"image"})
+    if unexpected:
+        raise BadRequest(f"unexpected file field {unexpected[0]!r}; send images in the field 'image'")
+    inputs = [Input(image=f.read(), name=f.filename or None) for f in request.files.getlist("image")]
+    options: dict[str, object] = {}
+    for key in request.form:
+        values = request.form.getlist(key)
+        options[key] = values[0] if len(values) == 1 else ",".join(values)
+    return inputs, options
+
+
+def _json(request: Request) -> tuple[list[Input], dict[str, object]]:
+    try:
+        body = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise BadRequest('the JSON body must be an object with a list "inputs": [{"image": "<base64>"}, …]')
+    options = {key: value for key, value in body.items() if key != "inputs"}
+    return [_json_input(item, index) for index, item in enumerate(body["inputs"])], options
+
+
+def _json_input(item, index: int) -> Input:
+    if not isinstance(item, dict) or len({"image", "tensor"} & set(item)) != 1:
+        raise BadRequest(f'inputs[{index}] must be {{"image": "<base64>"}} or {{"tensor": {{…}}}}', index=index)
+    name = item.get("name") if isinstance(item.get("name"), str) else None
+    if "image" in item:
+        return Input(image=_b64(item["image"], f"inputs[{index}].image", index), name=name)
+    return Input(tensor=_tensor(item["tensor"], index), name=name)
+
+
+def _b64(value, where: str, index: int) -> bytes:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a base64 string", index=index)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{where} is not valid base64", index=index) from None
+
+
+def _tensor(spec, index: int) -> np.ndarray:
+    where = f"inputs[{index}].tensor"
+    if not isinstance(spec, dict) or not {"shape", "data"} <= set(spec):
+        raise BadRequest(f'{where} must be {{"shape": [C, H, W], "dtype": "float32", "data": "<base64>"}}', index=index)
+    dtype = TENSOR_DTYPES.get(spec.get("dtype", "float32"))
+    if dtype is None:
+        raise BadRequest(f"{where}.dtype {spec.get('dtype')!r} is not one of {', '.join(TENSOR_DTYPES)}", index=index)
+    shape = spec["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise BadRequest(f"{where}.shape must be a list of positive integers", index=index)
+    data = _b64(spec["data"], f"{where}.data", index)
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise BadRequest(
+            f"{where}.data holds {len(data)} bytes; shape {shape} of {dtype.name} needs {expected}", index=index
+        )
+    array = np.frombuffer(data, dtype=dtype).reshape(shape).astype(np.float32)
+    if not np.isfinite(array).all():
+        raise BadRequest(f"{where} contains NaN or infinite values", index=index)
+    return array
+
+
+def to_batch(inputs: list[Input], manifest: Manifest, max_pixels: int) -> np.ndarray:
+    """Decode and preprocess every input into one float32 batch; the first bad one fails with its index."""
+    expected = list(manifest.onnx.input_shape)
+    tensors = []
+    for index, item in enumerate(inputs):
+        if item.tensor is not None:
+            shape = list(item.tensor.shape)
+            if shape != expected:
+                detail = f"inputs[{index}].tensor has shape {shape}; model {manifest.name} takes {expected}"
+                raise BadRequest(detail, index=index)
+            tensors.append(item.tensor)
+            continue
+        try:
+            tensors.append(load_tensor(item.image, manifest.preprocess, max_pixels))
+        except ImageError as exc:
+            label = f"image {index}" + (f" ({item.name})" if item.name else "")
+            raise UnprocessableImage(f"{label}: {exc}", index=index) from None
+    return np.stack(tensors)

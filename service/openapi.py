@@ -1,0 +1,259 @@
+"""The OpenAPI 3.1 contract of the service; the tests validate every real response against it."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from service.features import DTYPES, ENCODINGS
+from service.manifest import LEVELS, POOLINGS
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": _REF + name}
+
+
+def _problem(description: str) -> dict:
+    return {"description": description, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+def _ok(schema: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_NAMES = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_OPTIONS = {
+    "levels": {**_NAMES, "description": f"levels to return ({', '.join(LEVELS)}); default all"},
+    "layers": {**_NAMES, "description": "layer names; overrides levels"},
+    "pooling": {"enum": list(POOLINGS), "default": "avg", "description": "none returns full maps"},
+    "normalize": {
+        "oneOf": [{"type": "boolean"}, {"type": "string"}],
+        "default": False,
+        "description": "L2 per vector (per spatial position for full maps)",
+    },
+    "encoding": {"enum": list(ENCODINGS), "default": "json"},
+    "dtype": {"enum": list(DTYPES), "default": "float32"},
+}
+
+_SCHEMAS = {
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "request_id": {"type": "string"},
+            "valid": {"type": "array", "items": {"type": "string"}},
+            "index": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "retry_after": {"type": "integer"},
+        },
+    },
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Ready": {
+        "type": "object",
+        "required": ["status", "models"],
+        "properties": {"status": {"const": "ready"}, "models": {"type": "array", "items": {"type": "string"}}},
+    },
+    "ModelSummary": {
+        "type": "object",
+        "required": ["name", "sha256", "ready", "provider", "levels"],
+        "properties": {
+            "name": {"type": "string"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "ready": {"type": "boolean"},
+            "provider": {"type": ["string", "null"]},
+            "levels": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["models"],
+        "properties": {"models": {"type": "array", "items": _ref("ModelSummary")}},
+    },
+    "Layer": {
+        "type": "object",
+        "required": ["name", "level", "shape", "stride", "receptive_field", "pooling"],
+        "properties": {
+            "name": {"type": "string"},
+            "level": {"enum": list(LEVELS)},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "stride": {"type": ["integer", "null"]},
+            "receptive_field": {"type": ["integer", "null"]},
+            "pooling": {"type": "array", "items": {"enum": list(POOLINGS)}},
+            "global_context": {"type": "boolean"},
+        },
+    },
+    "ModelDetail": {
+        "allOf": [_ref("ModelSummary")],
+        "type": "object",
+        "required": ["providers", "warnings", "input", "preprocess", "layers", "source", "verification"],
+        "properties": {
+            "providers": {"type": "array", "items": {"type": "string"}},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+            "input": {"type": "object", "required": ["name", "shape", "layout", "dynamic_batch"]},
+            "preprocess": {"type": "object", "required": ["size", "resize", "crop", "interpolation", "mean", "std"]},
+            "layers": {"type": "array", "items": _ref("Layer")},
+            "logits_layer": {"type": ["string", "null"]},
+            "labels": {"type": "integer"},
+            "source": {"type": "object"},
+            "verification": {"type": "object"},
+        },
+    },
+    "EncodedArray": {
+        "type": "object",
+        "required": ["shape", "dtype"],
+        "properties": {
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "dtype": {"enum": list(DTYPES)},
+            "values": {"type": "array", "description": "nested lists of numbers, shaped like `shape`"},
+            "data": {"type": "string", "contentEncoding": "base64", "description": "little-endian raw bytes"},
+        },
+        "oneOf": [{"required": ["values"]}, {"required": ["data"]}],
+    },
+    "FeaturesResponse": {
+        "type": "object",
+        "required": ["model", "sha256", "provider", "options", "results", "timings_ms"],
+        "properties": {
+            "model": {"type": "string"},
+            "sha256": {"type": "string"},
+            "provider": {"type": "string"},
+            "options": {"type": "object"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "features"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "name": {"type": ["string", "null"]},
+                        "features": {
+                            "type": "object",
+                            "propertyNames": {"enum": list(LEVELS)},
+                            "additionalProperties": {"type": "object", "additionalProperties": _ref("EncodedArray")},
+                        },
+                    },
+                },
+            },
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "FeaturesJSONRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {
+                "type": "array",
+                "items": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "image": {"type": "string", "contentEncoding": "base64"},
+                                "name": {"type": "string"},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "required": ["tensor"],
+                            "properties": {
+                                "tensor": {
+                                    "type": "object",
+                                    "required": ["shape", "data"],
+                                    "properties": {
+                                        "shape": {"type": "array", "items": {"type": "integer"}},
+                                        "dtype": {"enum": ["float32", "float16"]},
+                                        "data": {"type": "string", "contentEncoding": "base64"},
+                                    },
+                                },
+                                "name": {"type": "string"},
+                            },
+                        },
+                    ]
+                },
+            },
+            **_OPTIONS,
+        },
+        "additionalProperties": False,
+    },
+}
+
+_ERRORS = {
+    "400": _problem("bad option, malformed JSON or bad tensor"),
+    "401": _problem("API key required"),
+    "404": _problem("unknown model or layer (the problem lists valid names)"),
+    "413": _problem("body or number of inputs above the limit"),
+    "415": _problem("unsupported Content-Type"),
+    "422": _problem("an image could not be decoded (the problem names its index)"),
+    "503": _problem("models are still loading"),
+}
+
+
+@cache
+def openapi_document() -> dict:
+    model = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
+    query = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in _OPTIONS.items()]
+    multipart = {
+        "type": "object",
+        "required": ["image"],
+        "properties": {
+            "image": {"type": "array", "items": {"type": "string", "contentMediaType": "image/*"}},
+            **_OPTIONS,
+        },
+    }
+    raw = {"schema": {"type": "string", "contentMediaType": "image/*"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cnn-features",
+            "version": "1.0.0",
+            "description": "Low-, mid- and high-level CNN embeddings of images, layer by layer.",
+        },
+        "paths": {
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": _ok("Health", "alive")}}},
+            "/readyz": {
+                "get": {
+                    "summary": "readiness: every model loaded and warmed up",
+                    "responses": {"200": _ok("Ready", "ready"), "503": _ERRORS["503"]},
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "the models served",
+                    "responses": {"200": _ok("ModelList", "models"), "401": _ERRORS["401"]},
+                }
+            },
+            "/v1/models/{model_name}": {
+                "get": {
+                    "summary": "layer catalogue, preprocessing, provider in use",
+                    "parameters": [model],
+                    "responses": {"200": _ok("ModelDetail", "the model"), "401": _ERRORS["401"], "404": _ERRORS["404"]},
+                }
+            },
+            "/v1/models/{model_name}/features": {
+                "post": {
+                    "summary": "per-level, per-layer embeddings of one or more images",
+                    "parameters": [model, *query],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {"schema": multipart},
+                            "application/json": {"schema": _ref("FeaturesJSONRequest")},
+                            "image/jpeg": raw,
+                            "image/png": raw,
+                            "image/webp": raw,
+                        },
+                    },
+                    "responses": {"200": _ok("FeaturesResponse", "embeddings, in input order"), **_ERRORS},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            },
+        },
+        "components": {"schemas": _SCHEMAS},
+    }

@@ -1,0 +1,92 @@
+"""Finds exported_models/*/model.json, checks each ONNX file against its sha256, then opens and warms sessions.
+
+`check` is fast and runs when the app is created (a bad export stops the worker with one clear line);
+`load` is slow and runs in the background while /readyz answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.manifest import Manifest, ManifestError, load_manifest, sha256_of
+from service.runtime import OrtRuntime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start with these models; the message is the one line to print."""
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    path: Path
+    runtime: OrtRuntime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+@dataclass
+class Registry:
+    settings: Settings
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    ready: threading.Event = field(default_factory=threading.Event)
+    failure: str | None = None
+
+    def check(self) -> None:
+        """Read every manifest and verify every ONNX file's sha256; raise StartupError on the first problem."""
+        root = self.settings.models_dir
+        if not root.is_dir():
+            raise StartupError(f"models directory {root} does not exist; export a model first (python -m exporter)")
+        for manifest_path in sorted(root.glob("*/model.json")):
+            try:
+                manifest = load_manifest(manifest_path)
+            except ManifestError as exc:
+                raise StartupError(str(exc)) from exc
+            onnx_path = manifest_path.parent / manifest.onnx.file
+            if not onnx_path.is_file():
+                raise StartupError(f"{onnx_path} is missing (listed in {manifest_path})")
+            digest = sha256_of(onnx_path)
+            if digest != manifest.onnx.sha256:
+                raise StartupError(
+                    f"{onnx_path} sha256 {digest[:12]}… does not match its manifest ({manifest.onnx.sha256[:12]}…); "
+                    "re-export the model"
+                )
+            self.models[manifest.name] = LoadedModel(manifest, onnx_path)
+        if not self.models:
+            raise StartupError(f"no exported models in {root} (expected {root}/<name>/model.json)")
+
+    def load(self) -> None:
+        """Open a session per model and run one warm-up batch; sets `ready` when all are done."""
+        try:
+            for model in self.models.values():
+                started = time.perf_counter()
+                runtime = OrtRuntime(
+                    model.path,
+                    self.settings.provider_list,
+                    self.settings.intra_op_threads,
+                    model.manifest.onnx.dynamic_batch,
+                )
+                warmup = np.zeros((1, *model.manifest.onnx.input_shape), dtype=np.float32)
+                runtime.run([o.name for o in runtime.session.get_outputs()], warmup)
+                model.runtime = runtime
+                log.info("model %s ready on %s in %.2fs", model.name, runtime.provider, time.perf_counter() - started)
+            self.ready.set()
+        except Exception as exc:  # logged and reported by /readyz; the worker keeps answering 503
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("loading models failed")
+
+    def load_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        thread.start()
+        return thread

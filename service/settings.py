@@ -1,0 +1,100 @@
+"""One frozen Settings object built from FEATURES_* environment variables (documented in the README).
+
+Nothing else in the service reads os.environ; gunicorn.conf.py and create_app both start from here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = Path("exported_models")
+    host: str = "0.0.0.0"
+    port: int = 8000
+    workers: int = 1
+    threads: int = 8
+    providers: str = "cpu"  # cpu | cuda (CUDA first, CPU fallback)
+    ort_threads: int = 0  # intra-op threads per session; 0 = cores / workers
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_images: int = 32
+    max_pixels: int = 40_000_000
+    api_key: str | None = None
+    timeout: int = 60
+    log_level: str = "info"
+
+    @property
+    def provider_list(self) -> list[str]:
+        return PROVIDERS[self.providers]
+
+    @property
+    def intra_op_threads(self) -> int:
+        """Threads per ONNX Runtime session, so that workers x threads never exceed the cores."""
+        if self.ort_threads > 0:
+            return self.ort_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.workers)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def integer(name: str, default: int, minimum: int) -> int:
+            raw = env.get(f"FEATURES_{name}")
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"FEATURES_{name}={raw!r} is not an integer") from None
+            if value < minimum:
+                raise SettingsError(f"FEATURES_{name}={value} must be at least {minimum}")
+            return value
+
+        providers = env.get("FEATURES_PROVIDERS", defaults.providers).strip().lower()
+        if providers not in PROVIDERS:
+            raise SettingsError(f"FEATURES_PROVIDERS={providers!r}; use one of {', '.join(PROVIDERS)}")
+        return cls(
+            models_dir=Path(env.get("FEATURES_MODELS_DIR", str(defaults.models_dir))),
+            host=env.get("FEATURES_HOST", defaults.host),
+            port=integer("PORT", defaults.port, 1),
+            workers=integer("WORKERS", defaults.workers, 1),
+            threads=integer("THREADS", defaults.threads, 1),
+            providers=providers,
+            ort_threads=integer("ORT_THREADS", defaults.ort_threads, 0),
+            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
+            max_images=integer("MAX_IMAGES", defaults.max_images, 1),
+            max_pixels=integer("MAX_PIXELS", defaults.max_pixels, 1),
+            api_key=_api_key(env),
+            timeout=integer("TIMEOUT", defaults.timeout, 1),
+            log_level=env.get("FEATURES_LOG_LEVEL", defaults.log_level).lower(),
+        )
+
+
+def _api_key(env) -> str | None:
+    """FEATURES_API_KEY, or the first line of the file named by FEATURES_API_KEY_FILE (Docker secrets)."""
+    if env.get("FEATURES_API_KEY"):
+        return env["FEATURES_API_KEY"]
+    path = env.get("FEATURES_API_KEY_FILE")
+    if not path:
+        return None
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"FEATURES_API_KEY_FILE={path}: {exc.strerror}") from None
+    if not key:
+        raise SettingsError(f"FEATURES_API_KEY_FILE={path} is empty")
+    return key
