@@ -63,3 +63,65 @@ def photo(name: str):
 
 def top5(logits: np.ndarray, labels: list[str]) -> list[str]:
     return [labels[i] for i in np.argsort(-logits)[:5]]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A real gunicorn serving the app on 127.0.0.1, started with FEATURES_* variables."""
+
+    def __init__(self, models_dir: Path, **env: str):
+        import os
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "FEATURES_MODELS_DIR": str(models_dir), "FEATURES_HOST": "127.0.0.1",
+                       "FEATURES_PORT": str(self.port), **env}  # fmt: skip
+        self.log = open(Path(models_dir).parent / f"gunicorn-{self.port}.log", "w+")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
+            cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 60) -> Server:
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server(models_dir):
+    instance = Server(models_dir, FEATURES_MAX_BODY_BYTES="3000000", FEATURES_MAX_IMAGES="8").wait_ready()
+    yield instance
+    instance.stop()

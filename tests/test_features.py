@@ -1,0 +1,58 @@
+"""Unit tests of the request core (service.features) and settings (service.settings)."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from service.errors import BadRequest
+from service.features import FeatureOptions, encode_array, l2_normalise, parse_options
+from service.settings import Settings, SettingsError
+
+
+def test_options_from_strings_lists_and_bools():
+    options = parse_options({"levels": "low, high", "pooling": "MAX", "normalize": "1", "dtype": "float16"})
+    assert options == FeatureOptions(levels=("low", "high"), pooling="max", normalize=True, dtype="float16")
+    assert parse_options({"layers": ["stem", "stem", "head"], "normalize": False}).layers == ("stem", "head")
+    assert parse_options({}) == FeatureOptions()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [{"levels": "top"}, {"layers": ""}, {"layers": 3}, {"pooling": "sum"}, {"normalize": "perhaps"}, {"colour": "red"}],
+)
+def test_bad_options(raw):
+    with pytest.raises(BadRequest):
+        parse_options(raw)
+
+
+def test_l2_normalise_vectors_and_maps():
+    vector = l2_normalise(np.array([3.0, 4.0], dtype=np.float32))
+    np.testing.assert_allclose(vector, [0.6, 0.8])
+    maps = l2_normalise(np.random.default_rng(0).standard_normal((8, 5, 5)).astype(np.float32))
+    np.testing.assert_allclose(np.linalg.norm(maps, axis=0), np.ones((5, 5)), rtol=1e-5)
+    assert np.all(l2_normalise(np.zeros(4, dtype=np.float32)) == 0)  # no division by zero
+
+
+def test_base64_encoding_round_trip():
+    array = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    encoded = encode_array(array, FeatureOptions(encoding="base64", dtype="float16"))
+    decoded = np.frombuffer(base64.b64decode(encoded["data"]), dtype="<f2").reshape(encoded["shape"])
+    np.testing.assert_allclose(decoded, array, rtol=1e-3)
+    assert encode_array(array, FeatureOptions())["values"].dtype == np.float32
+
+
+def test_settings_from_environment(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    settings = Settings.from_env(
+        {"FEATURES_WORKERS": "2", "FEATURES_PROVIDERS": "CUDA", "FEATURES_API_KEY_FILE": str(key_file)}
+    )
+    assert settings.workers == 2 and settings.provider_list == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert settings.api_key == "from-file" and settings.intra_op_threads >= 1
+    assert Settings.from_env({"FEATURES_ORT_THREADS": "3"}).intra_op_threads == 3
+    for bad in ({"FEATURES_PORT": "http"}, {"FEATURES_PROVIDERS": "tpu"}, {"FEATURES_WORKERS": "0"}):
+        with pytest.raises(SettingsError):
+            Settings.from_env(bad)
