@@ -100,11 +100,10 @@ def finish(
     outputs = run_all(session(final), batch, dynamic)
 
     expected = with_pooled(reference(batch))
-    for layer in spatial:  # a foreign model has no reference for our maps: check the heads against them
-        for pooling in ("avg", "max"):
-            expected.setdefault(
-                output_name(layer, pooling), with_pooled({layer: outputs[layer]})[output_name(layer, pooling)]
-            )
+    # A foreign model has no reference for the maps we exposed: check our pooled heads against those maps.
+    own = with_pooled({layer: outputs[layer] for layer in spatial})
+    for name in (output_name(layer, pooling) for layer in spatial for pooling in ("avg", "max")):
+        expected.setdefault(name, own[name])
     verification = compare(expected, outputs, reference_label)
 
     geometry = analyse(final, input_name)

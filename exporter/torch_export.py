@@ -30,6 +30,13 @@ class Tap:
     port: str = "output"  # "input" reads what flows into the module
 
 
+def _hook(module: nn.Module, port: str, record):
+    """Call record(activation) with what flows into (port="input") or out of the module."""
+    if port == "input":
+        return module.register_forward_pre_hook(lambda _m, args: record(args[0]))
+    return module.register_forward_hook(lambda _m, _args, out: record(out))
+
+
 class TapModel(nn.Module):
     """Runs the model and returns the tapped activations (in the order of `taps`)."""
 
@@ -43,12 +50,7 @@ class TapModel(nn.Module):
         modules = dict(self.model.named_modules())
         handles = []
         for tap in self.taps:
-            store = captured[tap.name]
-            if tap.port == "input":
-                hook = modules[tap.module].register_forward_pre_hook(lambda _m, args, s=store: s.append(args[0]))
-            else:
-                hook = modules[tap.module].register_forward_hook(lambda _m, _a, out, s=store: s.append(out))
-            handles.append(hook)
+            handles.append(_hook(modules[tap.module], tap.port, captured[tap.name].append))
         try:
             self.model(x)
         finally:
@@ -84,11 +86,7 @@ def order_by_depth(model: nn.Module, taps: list[Tap], input_size: tuple[int, int
     modules = dict(model.named_modules())
     handles = []
     for tap in taps:
-        if tap.port == "input":
-            hook = modules[tap.module].register_forward_pre_hook(lambda *_a, n=tap.name: order.append(n))
-        else:
-            hook = modules[tap.module].register_forward_hook(lambda *_a, n=tap.name: order.append(n))
-        handles.append(hook)
+        handles.append(_hook(modules[tap.module], tap.port, lambda _value, n=tap.name: order.append(n)))
     try:
         with torch.no_grad():
             TapModel(model, taps)(torch.zeros(1, 3, *input_size))

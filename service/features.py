@@ -111,12 +111,13 @@ def encode_array(array: np.ndarray, options: FeatureOptions) -> dict:
     """One layer of one input: shape, dtype and values (JSON numbers) or data (base64 little-endian)."""
     if options.normalize:
         array = l2_normalise(array)
-    array = np.ascontiguousarray(array, dtype=np.dtype(options.dtype).newbyteorder("<"))
+    array = np.ascontiguousarray(array, dtype=options.dtype)
     encoded = {"shape": list(array.shape), "dtype": options.dtype}
     if options.encoding == "base64":
-        encoded["data"] = base64.b64encode(array.tobytes()).decode("ascii")
+        little_endian = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        encoded["data"] = base64.b64encode(little_endian.tobytes()).decode("ascii")
     else:
-        encoded["values"] = array.astype(options.dtype)  # native order for orjson's numpy support
+        encoded["values"] = array  # orjson writes contiguous numpy arrays natively
     return encoded
 
 

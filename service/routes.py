@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import orjson
 from flask import Blueprint, Response, current_app, request
@@ -56,7 +57,7 @@ def describe(model: LoadedModel, full: bool) -> dict:
             "layout": manifest.onnx.layout,
             "dynamic_batch": manifest.onnx.dynamic_batch,
         },
-        preprocess=manifest.preprocess.__dict__,
+        preprocess=asdict(manifest.preprocess),
         layers=[
             {
                 "name": lay.name,
@@ -71,7 +72,7 @@ def describe(model: LoadedModel, full: bool) -> dict:
         ],
         logits_layer=manifest.logits_layer,
         labels=len(manifest.labels) if manifest.labels else 0,
-        source=manifest.source.__dict__,
+        source=asdict(manifest.source),
         verification={
             "passed": manifest.verification.passed,
             "reference": manifest.verification.reference,
