@@ -102,8 +102,8 @@ def finish(
     expected = with_pooled(reference(batch))
     # A foreign model has no reference for the maps we exposed: check our pooled heads against those maps.
     own = with_pooled({layer: outputs[layer] for layer in spatial})
-    for name in (output_name(layer, pooling) for layer in spatial for pooling in ("avg", "max")):
-        expected.setdefault(name, own[name])
+    for pooled in (output_name(layer, pooling) for layer in spatial for pooling in ("avg", "max")):
+        expected.setdefault(pooled, own[pooled])
     verification = compare(expected, outputs, reference_label)
 
     geometry = analyse(final, input_name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass
 
 import onnx
@@ -109,6 +110,7 @@ def export_taps(model: nn.Module, taps: list[Tap], input_size: tuple[int, int]) 
     wrapper = TapModel(model.eval(), taps).eval()
     example = torch.zeros(2, 3, *input_size)
     log = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # notices about optional torchvision ops
     try:
         with contextlib.redirect_stdout(log), torch.no_grad():
             program = torch.onnx.export(
