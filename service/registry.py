@@ -17,6 +17,7 @@ import numpy as np
 from service.manifest import Manifest, ManifestError, load_manifest, sha256_of
 from service.runtime import OrtRuntime
 from service.settings import Settings
+from service.subgraphs import prefix_models
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,11 @@ class Registry:
                     self.settings.provider_list,
                     self.settings.intra_op_threads,
                     model.manifest.onnx.dynamic_batch,
+                    prefix_models(model.path, model.manifest),
                 )
                 warmup = np.zeros((1, *model.manifest.onnx.input_shape), dtype=np.float32)
-                runtime.run([o.name for o in runtime.session.get_outputs()], warmup)
+                for names, session in runtime.graphs:
+                    session.run(sorted(names), {runtime.input_name: warmup})
                 model.runtime = runtime
                 log.info("model %s ready on %s in %.2fs", model.name, runtime.provider, time.perf_counter() - started)
             self.ready.set()

@@ -15,22 +15,28 @@ log = logging.getLogger(__name__)
 
 
 class OrtRuntime:
-    """run(output names, NCHW batch) -> arrays; `provider` is what the session actually got."""
+    """run(output names, NCHW batch) -> arrays on the smallest prefix graph that holds them all.
 
-    def __init__(self, path: Path, providers: list[str], intra_op_threads: int, dynamic_batch: bool = True):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+    `provider` is what the session actually got (read back with get_providers(), never assumed).
+    """
+
+    def __init__(self, path: Path, providers: list[str], intra_op_threads: int, dynamic_batch: bool = True,
+                 prefixes: list[tuple[list[str], bytes]] = ()):  # fmt: skip
+        self.options = ort.SessionOptions()
+        self.options.intra_op_num_threads = intra_op_threads
+        self.options.inter_op_num_threads = 1
+        self.options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.options.log_severity_level = 3
         available = set(ort.get_available_providers())
-        wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        self.requested = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         self.warnings: list[str] = []
         missing = [p for p in providers if p not in available]
         if missing:
-            self.warnings.append(f"{', '.join(missing)} not available in this onnxruntime build; using {wanted[0]}")
-        self.session = ort.InferenceSession(str(path), options, providers=wanted)
+            self.warnings.append(
+                f"{', '.join(missing)} not available in this onnxruntime build; using {self.requested[0]}"
+            )
+        self.session = self._open(str(path))
         self.providers = self.session.get_providers()
         if providers[0] not in self.providers and not missing:
             self.warnings.append(f"{providers[0]} failed to load; running on {self.providers[0]}")
@@ -38,13 +44,24 @@ class OrtRuntime:
             log.warning("%s: %s", path.parent.name, warning)
         self.input_name = self.session.get_inputs()[0].name
         self.dynamic_batch = dynamic_batch
+        # smallest first: the first prefix holding every requested output serves the request
+        self.graphs = [(set(outputs), self._open(model)) for outputs, model in prefixes]
+        self.graphs.append(({o.name for o in self.session.get_outputs()}, self.session))
+
+    def _open(self, model) -> ort.InferenceSession:
+        return ort.InferenceSession(model, self.options, providers=self.requested)
 
     @property
     def provider(self) -> str:
         return self.providers[0]
 
+    def session_for(self, outputs: list[str]) -> ort.InferenceSession:
+        wanted = set(outputs)
+        return next(session for names, session in self.graphs if wanted <= names)
+
     def run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        session = self.session_for(outputs)
         if self.dynamic_batch or len(batch) == 1:
-            return self.session.run(outputs, {self.input_name: batch})
-        runs = [self.session.run(outputs, {self.input_name: batch[i : i + 1]}) for i in range(len(batch))]
+            return session.run(outputs, {self.input_name: batch})
+        runs = [session.run(outputs, {self.input_name: batch[i : i + 1]}) for i in range(len(batch))]
         return [np.concatenate([run[k] for run in runs]) for k in range(len(outputs))]

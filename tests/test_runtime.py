@@ -1,0 +1,29 @@
+"""The runtime's prefix sub-graphs: the smallest graph holding the requested outputs, same numbers as the full one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.images import preprocess_image
+from service.runtime import OrtRuntime
+from service.subgraphs import prefix_models
+from tests.conftest import photo
+
+pytestmark = pytest.mark.integration
+
+
+def test_prefix_graphs_are_chosen_by_depth_and_bit_identical(lite0_dir, lite0_manifest):
+    path = lite0_dir / "model.onnx"
+    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest))
+    layers = lite0_manifest.layers
+    assert len(runtime.graphs) == len(layers)  # one prefix per layer but the last, plus the full model
+    batch = np.stack([preprocess_image(photo(name), lite0_manifest.preprocess) for name in ("chelsea", "coffee")])
+    for depth, layer in enumerate(layers):
+        names = list(layer.outputs.values())
+        assert runtime.session_for(names) is runtime.graphs[depth][1]
+        full = runtime.session.run(names, {"input": batch})
+        for got, expected in zip(runtime.run(names, batch), full, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    # a request mixing depths runs the graph of its deepest layer
+    assert runtime.session_for(["stem__avg", "stride16__max"]) is runtime.graphs[3][1]
