@@ -92,11 +92,9 @@ def expose(model: onnx.ModelProto, layers: dict[str, str]) -> onnx.ModelProto:
             if layer in taken:
                 raise ExportError(f"layer name {layer!r} clashes with a tensor of the graph; choose another")
             _rename(graph, tensor, layer)
-            types = {(layer if name == tensor else name): t for name, t in types.items()}
-            tensor = layer
         if layer not in outputs:
             value = helper.make_tensor_value_info(layer, onnx.TensorProto.FLOAT, None)
-            if tensor in types:
+            if tensor in types:  # inferred on the original graph, so keyed by the original name
                 value.type.CopyFrom(types[tensor])
             graph.output.append(value)
             outputs.add(layer)
