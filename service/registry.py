@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.batcher import MicroBatcher
 from service.manifest import Manifest, ManifestError, load_manifest, sha256_of
 from service.runtime import OrtRuntime
 from service.settings import Settings
@@ -31,6 +32,7 @@ class LoadedModel:
     manifest: Manifest
     path: Path
     runtime: OrtRuntime | None = None
+    batcher: MicroBatcher | None = None
 
     @property
     def name(self) -> str:
@@ -82,6 +84,7 @@ class Registry:
                 warmup = np.zeros((1, *model.manifest.onnx.input_shape), dtype=np.float32)
                 for names, session in runtime.graphs:
                     session.run(sorted(names), {runtime.input_name: warmup})
+                model.batcher = MicroBatcher(runtime, self.settings.batch_images, self.settings.batch_wait_ms)
                 model.runtime = runtime
                 log.info("model %s ready on %s in %.2fs", model.name, runtime.provider, time.perf_counter() - started)
             self.ready.set()

@@ -124,9 +124,10 @@ def features(model_name: str):
     options = parse_options(raw_options)
     select_layers(model.manifest, options)  # unknown layers fail before any decoding work
     parsed = time.perf_counter()
-    batch = to_batch(inputs, model.manifest, settings.max_pixels)
-    decoded = time.perf_counter()
-    results = extract(model.runtime, model.manifest, batch, options)
+    with model.batcher.expecting():  # lets the batcher wait for this request while it decodes
+        batch = to_batch(inputs, model.manifest, settings.max_pixels)
+        decoded = time.perf_counter()
+        results = extract(model.batcher, model.manifest, batch, options)
     computed = time.perf_counter()
     body = {
         "model": model.name,
@@ -147,7 +148,7 @@ def features(model_name: str):
         "timings_ms": {
             "parse": round((parsed - started) * 1e3, 3),
             "decode": round((decoded - parsed) * 1e3, 3),
-            "compute": round((computed - decoded) * 1e3, 3),  # ONNX Runtime + normalise + encode
+            "compute": round((computed - decoded) * 1e3, 3),  # queue + ONNX Runtime + normalise + encode
             "total": round((computed - started) * 1e3, 3),
         },
     }

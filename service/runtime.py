@@ -60,7 +60,10 @@ class OrtRuntime:
         return next(session for names, session in self.graphs if wanted <= names)
 
     def run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
-        session = self.session_for(outputs)
+        return self.run_session(self.session_for(outputs), outputs, batch)
+
+    def run_session(self, session: ort.InferenceSession, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        """One run on a given graph; a fixed-batch model gets its inputs one at a time."""
         if self.dynamic_batch or len(batch) == 1:
             return session.run(outputs, {self.input_name: batch})
         runs = [session.run(outputs, {self.input_name: batch[i : i + 1]}) for i in range(len(batch))]

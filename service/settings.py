@@ -28,6 +28,8 @@ class Settings:
     threads: int = 8
     providers: str = "cpu"  # cpu | cuda (CUDA first, CPU fallback)
     ort_threads: int = 0  # intra-op threads per session; 0 = cores / workers
+    batch_images: int = 16  # micro-batcher: most images joined into one session.run
+    batch_wait_ms: int = 2  # micro-batcher: longest wait for requests still decoding (0: never wait)
     max_body_bytes: int = 32 * 1024 * 1024
     max_images: int = 32
     max_pixels: int = 40_000_000
@@ -75,6 +77,8 @@ class Settings:
             threads=integer("THREADS", defaults.threads, 1),
             providers=providers,
             ort_threads=integer("ORT_THREADS", defaults.ort_threads, 0),
+            batch_images=integer("BATCH_IMAGES", defaults.batch_images, 1),
+            batch_wait_ms=integer("BATCH_WAIT_MS", defaults.batch_wait_ms, 0),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
             max_images=integer("MAX_IMAGES", defaults.max_images, 1),
             max_pixels=integer("MAX_PIXELS", defaults.max_pixels, 1),
