@@ -81,7 +81,9 @@ class Registry:
                     model.manifest.onnx.dynamic_batch,
                     prefix_models(model.path, model.manifest),
                 )
-                warmup = np.zeros((1, *model.manifest.onnx.input_shape), dtype=np.float32)
+                # warm up at the micro-batcher's largest batch: ONNX Runtime's arena grows to it now, not under load
+                images = self.settings.batch_images if model.manifest.onnx.dynamic_batch else 1
+                warmup = np.zeros((images, *model.manifest.onnx.input_shape), dtype=np.float32)
                 for names, session in runtime.graphs:
                     session.run(sorted(names), {runtime.input_name: warmup})
                 model.batcher = MicroBatcher(runtime, self.settings.batch_images, self.settings.batch_wait_ms)

@@ -1,0 +1,143 @@
+"""python -m bench [--quick] [--seconds S] [--out bench/results] [--env FEATURES_X=Y ...]
+
+One run, same photos, same model (EfficientNet-Lite0, exported if missing), pooled embeddings of every level:
+  1. ceiling: in-process decode + ONNX Runtime, pipelined (and sequential, for per-image latency);
+  2. service: the repo's gunicorn config at concurrency 1, 8, 32 with raw, multipart and base64-JSON bodies;
+  3. hand-written Flask + ONNX Runtime route; 4. hand-written Flask + PyTorch eager route;
+  5. early layers only vs all levels; full maps of one low layer as JSON vs base64 float16.
+Load comes from wrk in its own process. Results: results.json, results.md and chart.png in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime
+
+from bench import ceiling, load, photos, report, servers, verify
+from service.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "efficientnet_lite0"
+FEATURES = f"/v1/models/{MODEL}/features"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--models-dir", type=Path, default=REPO / "exported_models")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each timed run")
+    parser.add_argument("--quick", action="store_true", help="1 s runs: checks the harness, not the machine")
+    parser.add_argument("--env", action="append", default=[], metavar="FEATURES_X=Y", help="service setting")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds = 1.0
+    return args
+
+
+def ensure_model(models_dir: Path) -> Path:
+    import subprocess
+
+    folder = models_dir / MODEL
+    command = [sys.executable, "-m", "exporter", "zoo", MODEL, "--out", str(models_dir), "--skip-existing"]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    return folder
+
+
+def run(args: argparse.Namespace) -> dict:
+    model_dir = ensure_model(args.models_dir)
+    manifest = load_manifest(model_dir / "model.json")
+    model_path = str(model_dir / "model.onnx")
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    images = [path.read_bytes() for path in photos.write_photos(work / "photos")]
+    seconds = args.seconds
+    results: dict = {
+        "machine": machine(),
+        "seconds_per_run": seconds,
+        "photos": [p[0] for p in photos.PHOTOS],
+        "runs": [],
+        "service_env": dict(item.split("=", 1) for item in args.env),
+    }
+
+    def record(scenario: str, concurrency: int, body: str, summary: dict, **extra) -> None:
+        row = {"scenario": scenario, "concurrency": concurrency, "body": body, **summary, **extra}
+        results["runs"].append(row)
+        print(f"{scenario:<28} c={concurrency:<3} {body:<10} {row['images_per_s']:7.1f} img/s", flush=True)
+
+    print("ceiling (in-process)…", flush=True)
+    record("ceiling pipelined", 0, "-", ceiling.pipelined(manifest, model_path, images, seconds))
+    record("ceiling sequential", 1, "-", ceiling.sequential(manifest, model_path, images, seconds))
+
+    bodies = {kind: load.prepare_bodies(images, kind, work / kind) for kind in ("raw", "multipart", "json")}
+    server = servers.service(args.models_dir, work / "service.log", **results["service_env"]).wait_ready()
+    try:
+        results["checks"] = verify.check_service(server.url + FEATURES, manifest, model_path, images)
+        repeats = 3 if args.quick else 10
+        results["server_timings_ms"] = {
+            query or "all levels": verify.server_timings(server.url + FEATURES, images, query, repeats)
+            for query in ("", "levels=low")
+        }
+        load.wrk(server.url, FEATURES, bodies["json"], 32, 2)  # warm up at the highest load, then watch RSS
+        results["service_rss_mib_before"] = server.rss_mib()
+        for concurrency in (1, 8, 32):
+            for kind in ("raw", "multipart", "json"):
+                summary = load.wrk(server.url, FEATURES, bodies[kind], concurrency, seconds)
+                record("service", concurrency, kind, summary, rss_mib=server.rss_mib())
+        for concurrency in (1, 8):
+            summary = load.wrk(server.url, FEATURES + "?levels=low", bodies["raw"], concurrency, seconds)
+            record("service low levels only", concurrency, "raw", summary)
+        for encoding in ("encoding=json", "encoding=base64&dtype=float16"):
+            path = f"{FEATURES}?layers=stem&pooling=none&{encoding}"
+            summary = load.wrk(server.url, path, bodies["raw"], 1, seconds)
+            record("service stem maps " + encoding.split("&")[0].split("=")[1], 1, "raw", summary)
+        results["service_rss_mib_after"] = server.rss_mib()
+    finally:
+        server.stop()
+
+    workers = len(os.sched_getaffinity(0))
+    for app, label in (("ort_app", "hand-written ORT"), ("torch_app", "hand-written PyTorch")):
+        baseline = servers.baseline(app, model_dir, work / f"{app}.log", workers).wait_ready()
+        try:
+            for concurrency in (1, 8):
+                summary = load.wrk(baseline.url, "/features", bodies["raw"], concurrency, seconds)
+                record(label, concurrency, "raw", summary, rss_mib=baseline.rss_mib())
+        finally:
+            baseline.stop()
+    results["ratios"] = report.ratios(results)
+    return results
+
+
+def machine() -> dict:
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    except (load.LoadError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(report.markdown(results))
+    report.chart(results, args.out / "chart.png")
+    print(report.markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

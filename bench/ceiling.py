@@ -1,0 +1,70 @@
+"""The best in-process pipeline: decode + preprocess in a thread pool feeding batched ONNX Runtime runs.
+
+No HTTP, no JSON: the most this machine can do with this model, which the service is measured against.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+
+from service.features import output_name
+from service.images import load_tensor
+from service.manifest import Manifest
+
+
+def session_and_outputs(manifest: Manifest, model_path: str, threads: int) -> tuple[ort.InferenceSession, list[str]]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    return session, [output_name(layer, "avg") for layer in manifest.layers]
+
+
+def pipelined(manifest: Manifest, model_path: str, images: list[bytes], seconds: float, batch: int = 8) -> dict:
+    """Images/s with decoding of batch n+1 overlapping inference of batch n."""
+    cores = len(os.sched_getaffinity(0))
+    session, outputs = session_and_outputs(manifest, model_path, cores)
+    decoder = ThreadPoolExecutor(max_workers=cores)
+
+    def decode(start: int):
+        chunk = [images[(start + i) % len(images)] for i in range(batch)]
+        return decoder.submit(lambda: np.stack([load_tensor(data, manifest.preprocess) for data in chunk]))
+
+    session.run(outputs, {"input": decode(0).result()})  # warm-up
+    done, position = 0, 0
+    pending = decode(position)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        ready = pending.result()
+        position += batch
+        pending = decode(position)
+        session.run(outputs, {"input": ready})
+        done += batch
+    elapsed = time.perf_counter() - started
+    pending.result()
+    decoder.shutdown()
+    return {"images": done, "seconds": elapsed, "images_per_s": done / elapsed, "batch": batch}
+
+
+def sequential(manifest: Manifest, model_path: str, images: list[bytes], seconds: float) -> dict:
+    """Per-image latency of decode + one batch-1 run: the least a single request can cost."""
+    session, outputs = session_and_outputs(manifest, model_path, len(os.sched_getaffinity(0)))
+    session.run(outputs, {"input": load_tensor(images[0], manifest.preprocess)[None]})
+    latencies, index = [], 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or index < len(images):
+        begin = time.perf_counter()
+        session.run(outputs, {"input": load_tensor(images[index % len(images)], manifest.preprocess)[None]})
+        latencies.append(time.perf_counter() - begin)
+        index += 1
+    return {
+        "images": len(latencies),
+        "images_per_s": len(latencies) / sum(latencies),
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": float(np.percentile(latencies, 99)) * 1e3,
+    }

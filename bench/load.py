@@ -1,0 +1,95 @@
+"""Load generation with wrk (C, epoll: costs the server's cores far less than a Python client would).
+
+Bodies are prepared up front (raw JPEG, multipart or base64 JSON) and sent round-robin over keep-alive
+connections; wrk is closed-loop, so concurrency = connections.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("wrk.lua")
+
+
+class LoadError(RuntimeError):
+    """wrk is missing or failed."""
+
+
+@dataclass(frozen=True)
+class Bodies:
+    folder: Path
+    count: int
+    content_type: str
+
+
+def prepare_bodies(images: list[bytes], kind: str, folder: Path, fields: dict[str, str] | None = None) -> Bodies:
+    """One request body per image, in `kind` = raw | multipart | json, written as folder/<i>.body."""
+    fields = fields or {}
+    folder.mkdir(parents=True, exist_ok=True)
+    boundary = uuid.uuid4().hex
+    for index, image in enumerate(images):
+        if kind == "raw":
+            body, content_type = image, "image/jpeg"
+        elif kind == "multipart":
+            parts = [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                for k, v in fields.items()
+            ]
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{index}.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n".encode()
+                + image
+                + b"\r\n"
+            )
+            body, content_type = (
+                b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                f"multipart/form-data; boundary={boundary}",
+            )
+        elif kind == "json":
+            payload = {"inputs": [{"image": base64.b64encode(image).decode()}], **fields}
+            body, content_type = json.dumps(payload).encode(), "application/json"
+        else:
+            raise ValueError(f"unknown body kind {kind!r}")
+        (folder / f"{index}.body").write_bytes(body)
+    return Bodies(folder, len(images), content_type)
+
+
+def wrk(url: str, path: str, bodies: Bodies, concurrency: int, seconds: float) -> dict:
+    """Run wrk for `seconds` at `concurrency` connections; returns its summary with images/s filled in."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise LoadError("wrk is not installed (Debian: apt-get install wrk)")
+    threads = min(concurrency, 2)
+    command = [
+        binary,
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(SCRIPT),
+        url,
+        "--",
+        path,
+        bodies.content_type,
+        str(bodies.folder),
+        str(bodies.count),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCH-JSON ")), None)
+    if result.returncode != 0 or line is None:
+        raise LoadError(f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout[-500:]}")
+    summary = json.loads(line.removeprefix("BENCH-JSON "))
+    seconds_run = summary["duration_us"] / 1e6
+    errors = sum(summary["errors"].values())
+    summary["ok"] = summary["requests"] - summary["errors"]["status"]
+    summary["images_per_s"] = summary["ok"] / seconds_run
+    summary["failed"] = errors
+    return summary
