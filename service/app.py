@@ -15,12 +15,13 @@ from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from service.errors import ProblemError, Unauthorized
+from service.picture_routes import PAGE_PATHS, pictures
 from service.registry import Registry
 from service.routes import api, json_response
 from service.settings import Settings
 
 log = logging.getLogger("service")
-OPEN_PATHS = {"/healthz", "/readyz"}  # probes stay reachable without the API key
+OPEN_PATHS = {"/healthz", "/readyz", *PAGE_PATHS}  # probes and the data-free page stay reachable without the API key
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["registry"] = registry
     app.register_blueprint(api)
+    app.register_blueprint(pictures)
     _install_request_ids(app)
     _install_auth(app, settings)
     _install_error_handlers(app)

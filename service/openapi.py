@@ -193,6 +193,82 @@ _ERRORS = {
 }
 
 
+_LABELS = {
+    "type": "object",
+    "required": ["model", "layer", "labels"],
+    "properties": {
+        "model": {"type": "string"},
+        "layer": {"type": ["string", "null"], "description": "the layer whose outputs the labels index"},
+        "labels": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_PNG = {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}}
+
+
+def _picture_paths(model: dict, raw: dict) -> dict:
+    """Pictures of a layer, class labels and the page (service/picture_routes.py; sizes: service/pictures.py)."""
+    layer = {"name": "layer_name", "in": "path", "required": True, "schema": {"type": "string"}}
+    maps_options = {
+        "k": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8, "description": "channels to draw"},
+        "alpha": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.6, "description": "map opacity"},
+    }
+    query = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in maps_options.items()]
+    one_image = {"type": "array", "items": {"type": "string", "contentMediaType": "image/*"}, "maxItems": 1}
+    inputs = {**_SCHEMAS["FeaturesJSONRequest"]["properties"]["inputs"], "maxItems": 1}
+    multipart = {"type": "object", "required": ["image"], "properties": {"image": one_image, **maps_options}}
+    json_body = {"type": "object", "required": ["inputs"], "properties": {"inputs": inputs, **maps_options}}
+    errors = {code: _ERRORS[code] for code in ("400", "401", "404")}
+    return {
+        "/": {
+            "get": {
+                "summary": "the page: feature maps, receptive fields and top-5 classes of an image (no API key needed)",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/v1/models/{model_name}/labels": {
+            "get": {
+                "summary": "class names, in the order of the logits layer's outputs",
+                "parameters": [model],
+                "responses": {"200": _ok("Labels", "labels"), "401": _ERRORS["401"], "404": _ERRORS["404"]},
+            }
+        },
+        "/v1/models/{model_name}/layers/{layer_name}/filters.png": {
+            "get": {
+                "summary": "the first convolution's filters as a colour grid (400 for layers that do not see pixels)",
+                "description": "Each filter is scaled by its own largest |weight| (zero weight = grey) and enlarged "
+                "with nearest neighbour to s = max(1, 48 // kernel) pixels per weight, 8 filters per row, 2-pixel "
+                "gaps: width = columns·(kw·s + 2) + 2, height = rows·(kh·s + 2) + 2; 402×202 for the 32 3×3 "
+                "filters of EfficientNet-Lite0.",
+                "parameters": [model, layer],
+                "responses": {"200": {"description": "PNG", "content": _PNG}, **errors},
+            }
+        },
+        "/v1/models/{model_name}/layers/{layer_name}/maps.png": {
+            "post": {
+                "summary": "the k strongest channels of one image's map at a layer, over the image, captioned",
+                "description": "Channels with the highest mean activation, each stretched to its own min..max, "
+                "upsampled bilinearly and drawn in viridis at opacity alpha over the preprocessed input in grey; "
+                "the caption gives level, stride and receptive field. min(k, channels) tiles of the input size "
+                "H×W, 4 per row, 4-pixel gaps, 40-pixel caption: width = columns·(W + 4) + 4, height = 40 + "
+                "rows·(H + 4) + 4 (916×500 for k = 8 at 224 px). Same input forms as /features, one image only; "
+                "vector layers have no map (400).",
+                "parameters": [model, layer, *query],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": multipart},
+                        "application/json": {"schema": json_body},
+                        "image/jpeg": raw,
+                        "image/png": raw,
+                        "image/webp": raw,
+                    },
+                },
+                "responses": {"200": {"description": "PNG", "content": _PNG}, **_ERRORS},
+            }
+        },
+    }
+
+
 @cache
 def openapi_document() -> dict:
     model = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -251,9 +327,10 @@ def openapi_document() -> dict:
                     "responses": {"200": _ok("FeaturesResponse", "embeddings, in input order"), **_ERRORS},
                 }
             },
+            **_picture_paths(model, raw),
             "/openapi.json": {
                 "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
             },
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": {**_SCHEMAS, "Labels": _LABELS}},
     }
