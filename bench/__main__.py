@@ -34,11 +34,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--models-dir", type=Path, default=REPO / "exported_models")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each timed run")
-    parser.add_argument("--quick", action="store_true", help="1 s runs: checks the harness, not the machine")
+    parser.add_argument("--quick", action="store_true", help="2 s runs: checks the harness, not the machine")
     parser.add_argument("--env", action="append", default=[], metavar="FEATURES_X=Y", help="service setting")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds = 1.0
+        args.seconds = 2.0
     return args
 
 

@@ -10,6 +10,7 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,7 @@ def wrk(url: str, path: str, bodies: Bodies, concurrency: int, seconds: float) -
     if result.returncode != 0 or line is None:
         raise LoadError(f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout[-500:]}")
     summary = json.loads(line.removeprefix("BENCH-JSON "))
+    time.sleep(1)  # the server finishes requests wrk abandoned at its deadline before the next run starts
     seconds_run = summary["duration_us"] / 1e6
     errors = sum(summary["errors"].values())
     summary["ok"] = summary["requests"] - summary["errors"]["status"]

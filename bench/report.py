@@ -32,29 +32,40 @@ def p99_ms(row: dict) -> float | None:
     return row["latency_us"]["p99"] / 1e3 if "latency_us" in row else None
 
 
+def _divide(numerator: float, denominator: float) -> float | None:
+    """None when a run completed no request (only in --quick runs on a loaded machine)."""
+    return numerator / denominator if denominator else None
+
+
 def ratios(results: dict) -> dict:
     service_c8 = max(_run(results, "service", 8, body)["images_per_s"] for body in ("raw", "multipart", "json"))
     figures = {
-        "service_c8_over_ceiling": service_c8 / _run(results, "ceiling pipelined", 0)["images_per_s"],
-        "service_c8_over_handwritten_ort_c8": service_c8 / _run(results, "hand-written ORT", 8)["images_per_s"],
-        "service_c8_over_handwritten_torch_c8": service_c8 / _run(results, "hand-written PyTorch", 8)["images_per_s"],
-        "low_only_over_all_levels_p50_c1": p50_ms(_run(results, "service low levels only", 1))
-        / p50_ms(_run(results, "service", 1)),
-        "low_only_over_all_levels_compute": results["server_timings_ms"]["levels=low"]["compute"]
-        / results["server_timings_ms"]["all levels"]["compute"],
-        "low_only_over_all_levels_throughput_c8": _run(results, "service", 8)["images_per_s"]
-        / _run(results, "service low levels only", 8)["images_per_s"],
+        "service_c8_over_ceiling": _divide(service_c8, _run(results, "ceiling pipelined", 0)["images_per_s"]),
+        "service_c8_over_handwritten_ort_c8": _divide(service_c8, _run(results, "hand-written ORT", 8)["images_per_s"]),
+        "service_c8_over_handwritten_torch_c8": _divide(
+            service_c8, _run(results, "hand-written PyTorch", 8)["images_per_s"]
+        ),
+        "low_only_over_all_levels_p50_c1": _divide(
+            p50_ms(_run(results, "service low levels only", 1)), p50_ms(_run(results, "service", 1))
+        ),
+        "low_only_over_all_levels_compute": _divide(
+            results["server_timings_ms"]["levels=low"]["compute"], results["server_timings_ms"]["all levels"]["compute"]
+        ),
+        "low_only_over_all_levels_throughput_c8": _divide(
+            _run(results, "service", 8)["images_per_s"], _run(results, "service low levels only", 8)["images_per_s"]
+        ),
         "service_p50_c1_minus_ceiling_ms": p50_ms(_run(results, "service", 1))
         - p50_ms(_run(results, "ceiling sequential", 1)),
         "service_rss_growth_mib": results["service_rss_mib_after"] - results["service_rss_mib_before"],
-        "stem_maps_base64_fp16_over_json_p50": p50_ms(_run(results, "service stem maps base64", 1))
-        / p50_ms(_run(results, "service stem maps json", 1)),
+        "stem_maps_base64_fp16_over_json_p50": _divide(
+            p50_ms(_run(results, "service stem maps base64", 1)), p50_ms(_run(results, "service stem maps json", 1))
+        ),
     }
-    return {name: round(value, 3) for name, value in figures.items()}
+    return {name: None if value is None else round(value, 3) for name, value in figures.items()}
 
 
-def verdict(name: str, value: float) -> str:
-    if name not in TARGETS:
+def verdict(name: str, value: float | None) -> str:
+    if name not in TARGETS or value is None:
         return ""
     op, target = TARGETS[name]
     met = value >= target if op == ">=" else value <= target

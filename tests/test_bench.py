@@ -1,0 +1,45 @@
+"""The benchmark harness runs end to end in a tiny configuration (2 s per run); it checks code, not speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_benchmark_runs_every_scenario(models_dir, tmp_path):
+    if shutil.which("wrk") is None and os.environ.get("CI") != "true":
+        pytest.skip("wrk is not installed (apt-get install wrk); CI installs it")
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--models-dir", str(models_dir)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    # batched, sub-graph and unbatched requests return the in-process numbers
+    checks = results["checks"]
+    assert checks["all_layers_returned"]
+    for key in ("unbatched_max_abs_error", "batched_max_abs_error", "subgraph_max_abs_error"):
+        assert checks[key] <= 1e-4, (key, checks[key])
+    scenarios = {(run["scenario"], run["concurrency"], run["body"]) for run in results["runs"]}
+    for concurrency in (1, 8, 32):
+        for body in ("raw", "multipart", "json"):
+            assert ("service", concurrency, body) in scenarios
+    for name in ("hand-written ORT", "hand-written PyTorch", "service low levels only"):
+        assert (name, 8, "raw") in scenarios
+    for run in results["runs"]:
+        assert run.get("failed", 0) == 0, run
+        if run["scenario"].startswith(("service", "ceiling")) and run["concurrency"] in (0, 1, 8):
+            assert run["images_per_s"] > 0, run  # slower runs may finish no request in 2 s on a busy machine
+    assert set(results["ratios"]) >= {"service_c8_over_ceiling", "low_only_over_all_levels_compute"}
+    assert "| service | 8 | raw |" in (out / "results.md").read_text()
+    with Image.open(out / "chart.png") as chart:
+        assert chart.format == "PNG" and chart.width > 600
