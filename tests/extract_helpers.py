@@ -1,0 +1,68 @@
+"""A generated image collection for the batch-extraction tests: real photos, varied, plus broken files.
+
+Crops, rescales, rotations, flips, grey and transparent versions of scikit-image's four photos, saved as
+JPEG, PNG and WebP in nested folders, and files that must fail with a reason instead of stopping a run.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+FORMATS = (("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"))
+
+
+def _variant(image: Image.Image, rng: random.Random) -> Image.Image:
+    width, height = image.size
+    side = rng.uniform(0.45, 1.0)
+    crop_w, crop_h = max(32, int(width * side)), max(32, int(height * rng.uniform(0.45, 1.0)))
+    left, top = rng.randrange(0, width - crop_w + 1), rng.randrange(0, height - crop_h + 1)
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    scale = rng.uniform(0.25, 1.0)
+    image = image.resize((max(24, int(crop_w * scale)), max(24, int(crop_h * scale))), Image.Resampling.BILINEAR)
+    turn = rng.choice([None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT])
+    if turn is not None:
+        image = image.transpose(turn)
+    if rng.random() < 0.3:
+        image = image.rotate(rng.uniform(-30, 30), expand=True, fillcolor=(128, 128, 128))
+    if rng.random() < 0.1:
+        image = ImageOps.grayscale(image)
+    return image
+
+
+def make_collection(root: Path, count: int, seed: int = 0) -> dict[str, list[Path]]:
+    """`count` good images under root/photos (nested folders) and the broken files; returns both lists."""
+    from exporter.verify import photo
+
+    rng = random.Random(seed)
+    originals = [photo(name) for name in PHOTOS]
+    good = []
+    for index in range(count):
+        source = index % len(PHOTOS)
+        image = _variant(originals[source], rng)
+        suffix, kind = FORMATS[index % 5 % 3]  # mostly JPEG, some PNG and WebP
+        folder = root / "photos" / PHOTOS[source] / f"set{index % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img{index:04d}.{suffix.upper() if index % 17 == 0 else suffix}"
+        if kind == "PNG" and index % 4 == 0:  # transparent corner, flattened onto white by the service
+            image = image.convert("RGBA")
+            alpha = np.full((image.height, image.width), 255, dtype=np.uint8)
+            alpha[: image.height // 3, : image.width // 3] = 0
+            image.putalpha(Image.fromarray(alpha))
+        image.save(path, kind, quality=85) if kind != "PNG" else image.save(path, kind)
+        good.append(path)
+    broken = root / "photos" / "broken"
+    broken.mkdir(parents=True)
+    whole = good[0].read_bytes()
+    (broken / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    (broken / "random.jpg").write_bytes(np.random.default_rng(seed).bytes(5000))
+    (broken / "empty.png").write_bytes(b"")
+    text = root / "notes.txt"
+    text.write_text("not an image at all\n")
+    missing = root / "gone.jpg"
+    bad = [broken / "truncated.jpg", broken / "random.jpg", broken / "empty.png"]
+    return {"good": good, "bad_in_folder": bad, "text": [text], "missing": [missing]}

@@ -1,0 +1,280 @@
+"""Batch extraction (`python -m service.extract`) over a generated collection of real photos and broken files.
+
+Real things only: the CLI in a subprocess, the exported EfficientNet-Lite0 in ONNX Runtime, a real gunicorn
+for --server, a local Ray with 2 CPUs for --engine ray, SIGINT and SIGKILL for resuming.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from service.extract.__main__ import main
+from service.extract.inputs import list_sources
+from service.extract.parquet import read_features
+from tests.conftest import REPO, Server
+from tests.extract_helpers import make_collection
+
+pytestmark = pytest.mark.integration
+MODEL = "efficientnet_lite0"
+COUNT = 240  # ~3-5 s of local extraction on 2 cores; enough batches of 32 to kill a run in the middle
+LAYERS = ("stem", "stride4", "stride8", "stride16", "stride32", "head", "embedding", "logits")
+
+
+def extract(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.extract", *map(str, args), "--no-progress"], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def close(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """The export's own tolerance: 1e-4 absolute for activations of order one, relative above."""
+    return bool(np.all(np.abs(actual - expected) <= 1e-4 * np.maximum(1.0, np.abs(expected))))
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("collection")
+    files = make_collection(root, COUNT)
+    listing = root / "more.txt"  # relative to the list file; one repeat of a folder image, one missing file
+    listing.write_text("# extra inputs\nnotes.txt\n\ngone.jpg\nphotos/chelsea/set0/img0000.JPG\n")
+    everything = [*files["good"], *files["bad_in_folder"], *files["text"], *files["missing"]]
+    return {"root": root, "args": [root / "photos", listing], "files": files,
+            "inputs": sorted(str(path) for path in everything)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(collection, models_dir, tmp_path_factory) -> Path:
+    """One uninterrupted local run: the files every other run is compared with."""
+    out = tmp_path_factory.mktemp("reference") / "features"
+    result = extract(*collection["args"], "--model", MODEL, "--models-dir", models_dir, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(collection['inputs'])} inputs: {COUNT} rows, 5 failed" in result.stdout
+    return out
+
+
+def load(out: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    paths = [row["path"] for row in read_csv(out / "index.csv")]
+    return paths, {layer: np.load(out / f"{layer}.npy") for layer in LAYERS if (out / f"{layer}.npy").exists()}
+
+
+def test_list_sources_folders_globs_and_lists(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.JPG", "a/b/y.png", "a/b/z.webp", "a/readme.md", "c.jpeg"):
+        (tmp_path / name).write_bytes(b"")
+    table = tmp_path / "a" / "list.csv"
+    table.write_text("label,Path\ncat,b/y.png\ndog,../elsewhere.jpg\n")
+    found = list_sources([tmp_path / "a", str(tmp_path / "*.jpeg"), table, tmp_path / "a" / "x.JPG"])
+    expected = ["a/b/y.png", "a/b/z.webp", "a/x.JPG", "c.jpeg", "elsewhere.jpg"]
+    assert found == sorted(str(tmp_path / name) for name in expected)  # sorted, repeats once, lists kept as given
+
+
+def test_every_input_is_a_row_or_a_failure(collection, reference, lite0_dir):
+    paths, arrays = load(reference)
+    failures = {row["path"]: row["reason"] for row in read_csv(reference / "failed.csv")}
+    assert paths == sorted(paths) and not set(paths) & set(failures)
+    assert sorted(paths + list(failures)) == collection["inputs"]
+    root = collection["root"]
+    assert failures == {
+        str(root / "gone.jpg"): "cannot read the file: No such file or directory",
+        str(root / "notes.txt"): "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF are)",
+        str(root / "photos/broken/empty.png"): "the file is empty (0 bytes)",
+        str(root / "photos/broken/random.jpg"): "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF are)",
+        str(root / "photos/broken/truncated.jpg"): failures[str(root / "photos/broken/truncated.jpg")],
+    }
+    assert failures[str(root / "photos/broken/truncated.jpg")].startswith("image could not be decoded (truncated")
+    assert [row["row"] for row in read_csv(reference / "index.csv")] == [str(i) for i in range(COUNT)]
+    widths = {"stem": 32, "stride4": 24, "stride8": 40, "stride16": 112, "stride32": 320, "head": 1280,
+              "embedding": 1280, "logits": 1000}  # fmt: skip
+    for layer, width in widths.items():
+        assert arrays[layer].shape == (COUNT, width) and arrays[layer].dtype == np.float32
+        assert np.isfinite(arrays[layer]).all() and np.abs(arrays[layer]).sum(axis=1).min() > 0
+    assert (reference / "model.json").read_text() == (lite0_dir / "model.json").read_text()
+    summary = json.loads((reference / "extract.json").read_text())
+    assert summary["rows"] == COUNT and summary["failed"] == 5 and summary["job"]["layers"] == list(LAYERS)
+    assert not (reference / ".partial").exists()
+
+
+def test_rows_equal_the_service(reference, server):
+    paths, arrays = load(reference)
+    picks = [0, 1, 5, 17, 60, 119, 200, COUNT - 1]  # JPEG, PNG with alpha, WebP, grey, upper-case suffix...
+    files = [("image", (Path(paths[i]).name, Path(paths[i]).read_bytes())) for i in picks]
+    response = requests.post(f"{server.url}/v1/models/{MODEL}/features", files=files,
+                             data={"encoding": "base64", "dtype": "float32"}, timeout=120)  # fmt: skip
+    assert response.status_code == 200, response.text
+    for i, result in zip(picks, response.json()["results"], strict=True):
+        for level in result["features"].values():
+            for layer, encoded in level.items():
+                served = np.frombuffer(base64.b64decode(encoded["data"]), dtype="<f4").reshape(encoded["shape"])
+                assert close(arrays[layer][i], served), (paths[i], layer)
+
+
+def journal_entries(out: Path) -> int:
+    try:
+        return len((out / ".partial" / "journal.jsonl").read_text().splitlines()) - 1
+    except OSError:
+        return 0
+
+
+def start_and_stop(args: list, out: Path, stop: signal.Signals, after_entries: int) -> tuple[int, str]:
+    """Start the CLI, send it `stop` once the journal records `after_entries` finished batches; (status, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "service.extract", *map(str, args), "--no-progress"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while journal_entries(out) < after_entries and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, f"the run ended before it could be stopped: {process.communicate()}"
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
+def test_interrupted_and_killed_runs_resume_to_identical_files(collection, reference, models_dir, tmp_path):
+    out = tmp_path / "features"
+    args = [*collection["args"], "--model", MODEL, "--models-dir", models_dir, "--out", out]
+
+    status, stderr = start_and_stop(args, out, signal.SIGINT, after_entries=1)
+    assert status == 130 and "rerun the same command to resume" in stderr, stderr
+    done_before_kill = journal_entries(out)
+    assert 1 <= done_before_kill < 8
+
+    status, _ = start_and_stop(args, out, signal.SIGKILL, after_entries=done_before_kill + 1)
+    assert status == -signal.SIGKILL
+    with open(out / ".partial" / "journal.jsonl", "a") as journal:
+        journal.write('{"rows": [[0, 24')  # a line torn by the kill: claims nothing
+
+    resumed = extract(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "done by an earlier run" in resumed.stdout
+    for name in sorted(path.name for path in reference.iterdir()):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in reference.iterdir())
+
+    again = extract(*args)
+    assert again.returncode == 0 and "already holds this extraction" in again.stdout
+
+
+def test_server_mode_matches_local(collection, reference, models_dir, tmp_path):
+    """A fresh server (not waited for: connection errors and 503 are retried), an API key, a batch larger than
+    the server's limit (413: halved), bad files in batches (422: named, the rest resent); a wrong key: exit 2."""
+    key_file = tmp_path / "key"
+    key_file.write_text("extract-test-key\n")
+    server = Server(models_dir, FEATURES_API_KEY="extract-test-key", FEATURES_MAX_IMAGES="8")
+    try:
+        out = tmp_path / "features"
+        common = [*collection["args"], "--model", MODEL, "--server", server.url, "--models-dir", models_dir]
+        result = extract(*common, "--out", out, "--api-key-file", key_file, "--batch-size", "16", "--workers", "3")
+        assert result.returncode == 0, result.stderr + server.output()
+        log = server.output()
+        key_file.write_text("wrong")
+        refused = extract(*common, "--out", tmp_path / "refused", "--api-key-file", key_file)
+    finally:
+        server.stop()
+    assert "-> 413" in log and "-> 422" in log
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and "API key" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
+    for name in ("index.csv", "failed.csv", "model.json"):
+        assert (out / name).read_text() == (reference / name).read_text(), name
+    _, local = load(reference)
+    _, remote = load(out)
+    for layer in LAYERS:
+        assert close(remote[layer], local[layer]), layer
+
+
+def test_ray_engine_matches_local(collection, reference, models_dir, tmp_path):
+    """A local Ray with 2 CPUs and 2 actors, on a small list (Ray's start-up dominates), mid levels only:
+    the actors run the prefix graph that ends at stride16, which must equal the full graph's numbers."""
+    good = sorted(collection["files"]["good"])[::12]
+    listing = tmp_path / "some.txt"
+    listing.write_text("\n".join(map(str, [*good, collection["root"] / "notes.txt"])) + "\n")
+    out = tmp_path / "features"
+    result = extract(listing, "--model", MODEL, "--models-dir", models_dir, "--out", out, "--engine", "ray",
+                     "--workers", "2", "--batch-size", "8", "--levels", "mid", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{len(good) + 1} inputs: {len(good)} rows, 1 failed" in result.stdout
+    paths, arrays = load(out)
+    assert paths == [str(path) for path in good] and set(arrays) == {"stride8", "stride16"}
+    reference_paths, reference_arrays = load(reference)
+    rows = [reference_paths.index(path) for path in paths]
+    for layer, array in arrays.items():
+        assert close(array, reference_arrays[layer][rows]), layer
+
+
+def test_parquet_float16_round_trips_to_the_npy_numbers(collection, reference, models_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "features"
+    result = extract(*collection["args"], "--model", MODEL, "--models-dir", models_dir, "--out", out,
+                     "--format", "parquet", "--dtype", "float16")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == [
+        "extract.json", "failed.csv", "features.parquet", "index.csv", "model.json"]  # fmt: skip
+    head = pq.read_schema(out / "features.parquet").field("head").type
+    assert pa.types.is_fixed_size_list(head) and head.list_size == 1280 and head.value_type == pa.float16()
+    paths, arrays = read_features(out / "features.parquet")
+    reference_paths, reference_arrays = load(reference)
+    assert paths == reference_paths
+    for layer in LAYERS:
+        assert arrays[layer].dtype == np.float16
+        assert np.array_equal(arrays[layer], reference_arrays[layer].astype(np.float16)), layer
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "no INPUT given"),
+        (["{root}/nowhere"], "is not a file, a folder or a glob pattern"),
+        (["{root}/empty"], "no images found"),
+        (["{root}/photos", "--model", "resnet"], "no model 'resnet'"),
+        (["{root}/photos", "--layers", "stem,nope"], "has no layer 'nope'; layers are stem, stride4"),
+        (["{root}/photos", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["{root}/table.csv"], "has no 'path' column"),
+        (["{root}/photos", "--server", "localhost:8000"], "must be an http:// or https:// URL"),
+        (["{root}/photos", "--out", "{root}/photos"], "is not empty and holds no extraction"),
+    ],
+)
+def test_bad_usage_is_one_error_line_and_exit_2(arguments, message, collection, models_dir, tmp_path, capsys):
+    root = collection["root"]
+    (root / "empty").mkdir(exist_ok=True)
+    (root / "table.csv").write_text("name,label\nx.jpg,cat\n")
+    argv = [item.format(root=root) for item in arguments]
+    if "--model" not in argv:
+        argv += ["--model", MODEL]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    assert main([*argv, "--models-dir", str(models_dir), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_dir_holding_another_job_is_refused_unless_overwrite(collection, models_dir, tmp_path, capsys):
+    images = sorted(collection["files"]["good"])[:10]
+    out = tmp_path / "features"
+    shutil.copytree(images[0].parent, tmp_path / "few")
+    common = [str(tmp_path / "few"), "--model", MODEL, "--models-dir", str(models_dir), "--out", str(out),
+              "--no-progress"]  # fmt: skip
+    assert main(common) == 0
+    assert main([*common, "--pooling", "max", "--layers", "stem"]) == 2
+    assert "holds a different extraction (it differs in layers, pooling); use --overwrite" in capsys.readouterr().err
+    assert main([*common, "--pooling", "max", "--layers", "stem", "--overwrite"]) == 0
+    assert sorted(path.name for path in out.iterdir()) == [
+        "extract.json", "failed.csv", "index.csv", "model.json", "stem.npy"]  # fmt: skip
+    assert json.loads((out / "extract.json").read_text())["job"]["pooling"] == "max"
