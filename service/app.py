@@ -9,11 +9,13 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import time
 import uuid
 
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
+from service import logs, metrics
 from service.errors import ProblemError, Unauthorized
 from service.picture_routes import PAGE_PATHS, pictures
 from service.registry import Registry
@@ -21,14 +23,15 @@ from service.routes import api, json_response
 from service.settings import Settings
 
 log = logging.getLogger("service")
+access = logging.getLogger("service.access")
 OPEN_PATHS = {"/healthz", "/readyz", *PAGE_PATHS}  # probes and the data-free page stay reachable without the API key
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings | None = None, load_in_background: bool = True) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    registry = Registry(settings)
+    logs.configure(settings.log_level, settings.log_format)
+    registry = Registry(settings, batch_observer=metrics.batch_observer)
     registry.check()  # StartupError: bad manifest or checksum stops the worker with one line
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -36,6 +39,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     app.register_blueprint(api)
     app.register_blueprint(pictures)
     _install_request_ids(app)
+    _install_metrics_and_access_log(app)
     _install_auth(app, settings)
     _install_error_handlers(app)
     if load_in_background:
@@ -55,6 +59,37 @@ def _install_request_ids(app: Flask) -> None:
     def return_request_id(response):
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
+
+
+def _install_metrics_and_access_log(app: Flask) -> None:
+    """Count and time every request by route template (bounded label values), and log it as one line."""
+
+    @app.before_request
+    def start_clock():
+        g.started = time.perf_counter()
+        g.in_flight = True
+        metrics.IN_FLIGHT.inc()
+
+    @app.after_request
+    def count_request(response):
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        metrics.LATENCY.labels(route).observe(elapsed)
+        access.info(
+            "%s %s %d",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={"status": response.status_code, "duration_ms": round(elapsed * 1e3, 2),
+                   "bytes": response.calculate_content_length(), "remote": request.remote_addr},
+        )  # fmt: skip
+        return response
+
+    @app.teardown_request
+    def leave(_error):
+        if g.pop("in_flight", False):
+            metrics.IN_FLIGHT.dec()
 
 
 def _install_auth(app: Flask, settings: Settings) -> None:
@@ -80,6 +115,7 @@ def _problem(error: ProblemError):
         response.headers["WWW-Authenticate"] = "Bearer"
     if error.status == 503:
         response.headers["Retry-After"] = "2"
+    metrics.ERRORS.labels(str(error.status), error.title).inc()
     level = logging.WARNING if error.status >= 500 else logging.INFO
     log.log(level, "request %s %s %s -> %d %s", request_id, request.method, request.path, error.status, error.detail)
     return response

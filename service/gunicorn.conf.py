@@ -1,12 +1,23 @@
-"""gunicorn settings, all from FEATURES_* environment variables (service/settings.py).
+"""gunicorn settings, all from FEATURES_* environment variables (service/settings.py), and the reasoning.
 
-gthread workers: inference releases the GIL inside ONNX Runtime, so threads of one worker overlap decoding
-with inference; ONNX Runtime's intra-op threads are cores / workers so the machine is never oversubscribed.
-No preload_app: sessions must be created after the fork.
+- gthread workers, 1 per machine by default: one process holds one copy of the model sessions (0.5 GB for
+  EfficientNet-Lite0 with its sub-graphs); its threads decode requests while the micro-batcher thread runs ONNX
+  Runtime, whose C++ code releases the GIL. So one worker keeps every core busy with no duplicated memory.
+  More workers only pay when Python (JSON, request parsing) becomes the bottleneck: then set FEATURES_WORKERS,
+  and ONNX Runtime's intra-op threads drop to cores / workers so the machine is never oversubscribed.
+- 8 threads per worker: enough requests in flight to fill a micro-batch while others decode.
+- On a GPU, 1 worker is right as well: one CUDA context and one copy of the weights, the batcher feeds it.
+- No preload_app: ONNX Runtime sessions and their thread pools must be created after the fork.
+- Prometheus multiprocess mode: its directory is set and emptied in the master before any worker starts, and a
+  dead worker's live gauges are dropped in child_exit.
 """
 
+import os
 import sys
+import tempfile
+from pathlib import Path
 
+from service.logs import TEXT_FORMAT, JsonFormatter
 from service.registry import Registry, StartupError
 from service.settings import Settings, SettingsError
 
@@ -20,18 +31,43 @@ workers = _settings.workers
 worker_class = "gthread"
 threads = _settings.threads
 timeout = _settings.timeout
-graceful_timeout = 30
+graceful_timeout = 30  # SIGTERM: stop accepting, let in-flight requests finish for up to 30 s
 keepalive = 5
 preload_app = False
-accesslog = "-"
+accesslog = None  # the app logs each request itself, with its request id (logger service.access)
 errorlog = "-"
 loglevel = _settings.log_level
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": JsonFormatter},
+        "text": {"format": TEXT_FORMAT},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": _settings.log_format, "stream": "ext://sys.stderr"}
+    },
+    "loggers": {
+        "gunicorn.error": {"level": _settings.log_level.upper(), "handlers": ["console"], "propagate": False},
+    },
+}
 
 
 def on_starting(server):
-    """Check every manifest and checksum once, in the master, before any worker forks."""
+    """In the master, before any worker forks: check every manifest and checksum; prepare the metrics folder."""
     try:
         Registry(_settings).check()
     except StartupError as exc:
         server.log.error("cannot start: %s", exc)
         sys.exit(1)
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="features-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # samples of a previous run would be added to this one's
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

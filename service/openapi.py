@@ -331,6 +331,18 @@ def openapi_document() -> dict:
             "/openapi.json": {
                 "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of every worker (requests, latency, images, batch sizes, errors)",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _ERRORS["401"],
+                    },
+                }
+            },
         },
         "components": {"schemas": {**_SCHEMAS, "Labels": _LABELS}},
     }

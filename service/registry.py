@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class LoadedModel:
 class Registry:
     settings: Settings
     models: dict[str, LoadedModel] = field(default_factory=dict)
+    batch_observer: Callable[[str], Callable[[int, float], None]] | None = None  # model name -> on_batch
     ready: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
 
@@ -86,7 +88,8 @@ class Registry:
                 warmup = np.zeros((images, *model.manifest.onnx.input_shape), dtype=np.float32)
                 for names, session in runtime.graphs:
                     session.run(sorted(names), {runtime.input_name: warmup})
-                model.batcher = MicroBatcher(runtime, self.settings.batch_images, self.settings.batch_wait_ms)
+                observer = self.batch_observer(model.name) if self.batch_observer else None
+                model.batcher = MicroBatcher(runtime, self.settings.batch_images, self.settings.batch_wait_ms, observer)
                 model.runtime = runtime
                 log.info("model %s ready on %s in %.2fs", model.name, runtime.provider, time.perf_counter() - started)
             self.ready.set()

@@ -8,6 +8,7 @@ from dataclasses import asdict
 import orjson
 from flask import Blueprint, Response, current_app, request
 
+from service import metrics
 from service.errors import NotFound, NotReady
 from service.features import extract, parse_options, select_layers
 from service.inputs import parse_request, to_batch
@@ -97,6 +98,12 @@ def readyz():
     return json_response({"status": "ready", "models": sorted(registry.models)})
 
 
+@api.get("/metrics")
+def prometheus_metrics():
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
 @api.get("/openapi.json")
 def openapi():
     return json_response(openapi_document())
@@ -129,6 +136,7 @@ def features(model_name: str):
         decoded = time.perf_counter()
         results = extract(model.batcher, model.manifest, batch, options)
     computed = time.perf_counter()
+    metrics.IMAGES.labels(model.name).inc(len(inputs))
     body = {
         "model": model.name,
         "sha256": model.manifest.onnx.sha256,

@@ -36,6 +36,7 @@ class Settings:
     api_key: str | None = None
     timeout: int = 60
     log_level: str = "info"
+    log_format: str = "json"  # json (one object per line) | text
 
     @property
     def provider_list(self) -> list[str]:
@@ -66,16 +67,13 @@ class Settings:
                 raise SettingsError(f"FEATURES_{name}={value} must be at least {minimum}")
             return value
 
-        providers = env.get("FEATURES_PROVIDERS", defaults.providers).strip().lower()
-        if providers not in PROVIDERS:
-            raise SettingsError(f"FEATURES_PROVIDERS={providers!r}; use one of {', '.join(PROVIDERS)}")
         return cls(
             models_dir=Path(env.get("FEATURES_MODELS_DIR", str(defaults.models_dir))),
             host=env.get("FEATURES_HOST", defaults.host),
             port=integer("PORT", defaults.port, 1),
             workers=integer("WORKERS", defaults.workers, 1),
             threads=integer("THREADS", defaults.threads, 1),
-            providers=providers,
+            providers=_choice(env, "PROVIDERS", defaults.providers, tuple(PROVIDERS)),
             ort_threads=integer("ORT_THREADS", defaults.ort_threads, 0),
             batch_images=integer("BATCH_IMAGES", defaults.batch_images, 1),
             batch_wait_ms=integer("BATCH_WAIT_MS", defaults.batch_wait_ms, 0),
@@ -85,7 +83,15 @@ class Settings:
             api_key=_api_key(env),
             timeout=integer("TIMEOUT", defaults.timeout, 1),
             log_level=env.get("FEATURES_LOG_LEVEL", defaults.log_level).lower(),
+            log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("json", "text")),
         )
+
+
+def _choice(env, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(f"FEATURES_{name}", default).strip().lower()
+    if value not in choices:
+        raise SettingsError(f"FEATURES_{name}={value!r}; use one of {', '.join(choices)}")
+    return value
 
 
 def _api_key(env) -> str | None:

@@ -26,6 +26,8 @@ def conforms(response, path: str, method: str = "get") -> None:
         return
     media_type = response.headers["Content-Type"].split(";")[0]
     assert media_type in content, f"{media_type} not documented for {status}"
+    if "json" not in media_type:  # PNG pictures, Prometheus text: the media type is the contract
+        return
     pointer = content[media_type]["schema"]["$ref"].removeprefix("#")
     schema = {"$ref": f"urn:openapi#{pointer}"}
     jsonschema.Draft202012Validator(schema, registry=_registry()).validate(response.json())
