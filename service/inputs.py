@@ -94,7 +94,8 @@ def _tensor(spec, index: int) -> np.ndarray:
     where = f"inputs[{index}].tensor"
     if not isinstance(spec, dict) or not {"shape", "data"} <= set(spec):
         raise BadRequest(f'{where} must be {{"shape": [C, H, W], "dtype": "float32", "data": "<base64>"}}', index=index)
-    dtype = TENSOR_DTYPES.get(spec.get("dtype", "float32"))
+    name = spec.get("dtype", "float32")
+    dtype = TENSOR_DTYPES.get(name) if isinstance(name, str) else None  # found by schemathesis: {} is unhashable
     if dtype is None:
         raise BadRequest(f"{where}.dtype {spec.get('dtype')!r} is not one of {', '.join(TENSOR_DTYPES)}", index=index)
     shape = spec["shape"]

@@ -147,6 +147,7 @@ _SCHEMAS = {
         "properties": {
             "inputs": {
                 "type": "array",
+                "minItems": 1,
                 "items": {
                     "oneOf": [
                         {
@@ -207,13 +208,18 @@ _PNG = {"image/png": {"schema": {"type": "string", "contentMediaType": "image/pn
 
 def _picture_paths(model: dict, raw: dict) -> dict:
     """Pictures of a layer, class labels and the page (service/picture_routes.py; sizes: service/pictures.py)."""
-    layer = {"name": "layer_name", "in": "path", "required": True, "schema": {"type": "string"}}
+    layer = {"name": "layer_name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "stem"}
     maps_options = {
         "k": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8, "description": "channels to draw"},
         "alpha": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.6, "description": "map opacity"},
     }
     query = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in maps_options.items()]
-    one_image = {"type": "array", "items": {"type": "string", "contentMediaType": "image/*"}, "maxItems": 1}
+    one_image = {
+        "type": "array",
+        "items": {"type": "string", "contentMediaType": "image/*"},
+        "minItems": 1,
+        "maxItems": 1,
+    }
     inputs = {**_SCHEMAS["FeaturesJSONRequest"]["properties"]["inputs"], "maxItems": 1}
     multipart = {"type": "object", "required": ["image"], "properties": {"image": one_image, **maps_options}}
     json_body = {"type": "object", "required": ["inputs"], "properties": {"inputs": inputs, **maps_options}}
@@ -271,13 +277,19 @@ def _picture_paths(model: dict, raw: dict) -> dict:
 
 @cache
 def openapi_document() -> dict:
-    model = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
+    model = {
+        "name": "model_name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "example": "efficientnet_lite0",
+    }
     query = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in _OPTIONS.items()]
     multipart = {
         "type": "object",
         "required": ["image"],
         "properties": {
-            "image": {"type": "array", "items": {"type": "string", "contentMediaType": "image/*"}},
+            "image": {"type": "array", "minItems": 1, "items": {"type": "string", "contentMediaType": "image/*"}},
             **_OPTIONS,
         },
     }

@@ -61,6 +61,7 @@ CASES = {
     "bad base64": (dict(json={"inputs": [{"image": "!!not base64!!"}]}), 400, "not valid base64"),
     "tensor wrong shape": (dict(json=_tensor((3, 100, 100))), 400, "takes [3, 224, 224]"),
     "tensor wrong dtype": (dict(json=_tensor((3, 224, 224), dtype="int64")), 400, "float32, float16"),
+    "tensor dtype not a name": (dict(json=_tensor((3, 224, 224), dtype={})), 400, "float32, float16"),  # was a 500
     "tensor short data": (dict(json=_tensor((3, 224, 224), length_delta=-4)), 400, "needs 602112"),
     "tensor non-finite": (
         dict(json=_tensor((3, 224, 224), values=np.full((3, 224, 224), np.nan, dtype="<f4"))),
