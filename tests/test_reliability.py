@@ -73,7 +73,7 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(models
             "--report", "junit", "--report-dir", str(tmp_path),
         ]  # fmt: skip
         started = time.monotonic()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         summary = [line for line in result.stdout.splitlines() if "generated" in line or "passed" in line]
         print(f"\nschemathesis: {time.monotonic() - started:.0f} s; " + " | ".join(s.strip() for s in summary))
         assert result.returncode == 0, result.stdout[-6000:]
