@@ -63,8 +63,10 @@ def run(
     sources = list_sources(inputs)
     client = None
     if server:
-        from service.extract.server import ServerClient
-
+        try:
+            from service.extract.server import ServerClient
+        except ImportError as exc:
+            raise UsageError(f"--server needs {exc.name}: pip install 'cnn-features[extract]'") from None
         client = ServerClient(server, api_key)
         info = client.model_info(model, models_dir)
     else:

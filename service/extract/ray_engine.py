@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from service.extract.errors import UsageError
+from service.extract.errors import ExtractError, UsageError
 from service.extract.plan import Plan
 from service.extract.writers import BatchResult
 
@@ -36,18 +36,16 @@ class _Extractor:
 
         rows = [int(row) for row in batch["row"]]
         result = process_rows(self.model, self.plan, rows, [str(path) for path in batch["path"]])
-        # Ray columns must have one entry per input row: failed rows get zeros and a reason
-        position = {row: i for i, row in enumerate(result.rows.tolist())}
+        # Ray columns need one entry per input row: failed rows get zeros here and a reason in "error"
         errors = dict(result.failed)
+        worked = np.isin(rows, result.rows)  # decode keeps the order, so the good rows line up
         columns = {
             "row": np.asarray(rows, dtype=np.int64),
             "error": np.asarray([errors.get(row, "") for row in rows], dtype=object),
         }
         for index, (layer, array) in enumerate(zip(self.plan.layers, result.arrays, strict=True)):
             column = np.zeros((len(rows), *layer.shape), dtype=np.float32)
-            for i, row in enumerate(rows):
-                if row in position:
-                    column[i] = array[position[row]]
+            column[worked] = array
             columns[f"layer{index}"] = column
         return columns
 
@@ -88,6 +86,7 @@ class RayEngine:
 
     def batches(self, pending: list[int]) -> Iterator[BatchResult]:
         import ray.data
+        import ray.exceptions
 
         dataset = ray.data.from_items([{"row": row, "path": self.plan.sources[row]} for row in pending])
         computed = dataset.map_batches(
@@ -98,10 +97,21 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=self.workers),
             num_cpus=1,
         )
-        for batch in computed.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-            errors = batch["error"]
-            ok = np.asarray([not error for error in errors])
-            rows = np.asarray(batch["row"], dtype=np.int64)
-            arrays = [np.asarray(batch[f"layer{i}"])[ok] for i in range(len(self.plan.layers))]
-            failed = [(int(row), str(error)) for row, error in zip(rows, errors, strict=True) if error]
-            yield BatchResult(rows[ok], arrays, failed)
+        batches = iter(computed.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+        while True:
+            try:
+                batch = next(batches, None)
+            except ray.exceptions.RayError as exc:  # an actor that could not start or crashed
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExtractError(f"Ray failed: {first}") from None
+            if batch is None:
+                return
+            yield self._result(batch)
+
+    def _result(self, batch: dict[str, np.ndarray]) -> BatchResult:
+        errors = batch["error"]
+        ok = np.asarray([not error for error in errors], dtype=bool)
+        rows = np.asarray(batch["row"], dtype=np.int64)
+        arrays = [np.asarray(batch[f"layer{i}"])[ok] for i in range(len(self.plan.layers))]
+        failed = [(int(row), str(error)) for row, error in zip(rows, errors, strict=True) if error]
+        return BatchResult(rows[ok], arrays, failed)

@@ -81,28 +81,22 @@ class ServerClient:
             raise UsageError(_detail(response))
         if response.status_code != 200:
             raise ExtractError(f"GET /v1/models/{name} answered {response.status_code}: {_detail(response)}")
-        catalogue = response.json()
-        for volatile in ("ready", "provider", "providers", "warnings"):  # the same export reads the same
-            catalogue.pop(volatile, None)
-        layers = [
-            Layer(
-                entry["name"],
-                entry["level"],
-                entry["shape"],
-                entry.get("stride"),
-                entry.get("receptive_field"),
-                {pooling: entry["name"] for pooling in entry["pooling"]},
-            )
-            for entry in catalogue["layers"]
-        ]
+        try:
+            catalogue = response.json()
+            for volatile in ("ready", "provider", "providers", "warnings"):  # the same export reads the same
+                catalogue.pop(volatile, None)
+            layers = [_catalogue_layer(entry) for entry in catalogue["layers"]]
+            sha256 = str(catalogue["sha256"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UsageError(f"{self.url} does not answer like the feature service (GET /v1/models/{name})") from None
         text = json.dumps(catalogue, indent=2) + "\n"
         local = Path(models_dir) / name / "model.json"
         try:
-            if load_manifest(local).onnx.sha256 == catalogue["sha256"]:
+            if load_manifest(local).onnx.sha256 == sha256:
                 text = local.read_text()
         except (OSError, ValueError):
             pass  # no local copy of this export: the server's description stands in for the manifest
-        return ModelInfo(catalogue["name"], catalogue["sha256"], layers, text)
+        return ModelInfo(name, sha256, layers, text)
 
 
 class ServerEngine:
@@ -208,6 +202,13 @@ class ServerEngine:
                 values = np.frombuffer(base64.b64decode(encoded["data"]), dtype="<f4")
                 parts.append(values.reshape(encoded["shape"]))
             good.append(row)
+
+
+def _catalogue_layer(entry: dict) -> Layer:
+    """A catalogue entry as a manifest Layer, so the service's own layer selection applies to it."""
+    outputs = {pooling: entry["name"] for pooling in entry["pooling"]}
+    name, level, shape = entry["name"], entry["level"], entry["shape"]
+    return Layer(name, level, shape, entry.get("stride"), entry.get("receptive_field"), outputs)
 
 
 def _strip_label(detail: str, index: int, name: str) -> str:
