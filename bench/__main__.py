@@ -4,7 +4,8 @@ One run, same photos, same model (EfficientNet-Lite0, exported if missing), pool
   1. ceiling: in-process decode + ONNX Runtime, pipelined (and sequential, for per-image latency);
   2. service: the repo's gunicorn config at concurrency 1, 8, 32 with raw, multipart and base64-JSON bodies;
   3. hand-written Flask + ONNX Runtime route; 4. hand-written Flask + PyTorch eager route;
-  5. early layers only vs all levels; full maps of one low layer as JSON vs base64 float16.
+  5. early layers only vs all levels; full maps of one low layer as JSON vs base64 float16;
+  6. batch extraction (python -m service.extract, local engine) of a folder of copies of the photos.
 Load comes from wrk in its own process. Results: results.json, results.md and chart.png in --out.
 """
 
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> dict:
     record("ceiling pipelined", 0, "-", ceiling.pipelined(manifest, model_path, images, seconds))
     record("ceiling sequential", 1, "-", ceiling.sequential(manifest, model_path, images, seconds))
 
+    record("batch extract (local engine)", 0, "-", batch_extract(args.models_dir, work, seconds))
+
     bodies = {kind: load.prepare_bodies(images, kind, work / kind) for kind in ("raw", "multipart", "json")}
     server = servers.service(args.models_dir, work / "service.log", **results["service_env"]).wait_ready()
     try:
@@ -112,6 +115,25 @@ def run(args: argparse.Namespace) -> dict:
             baseline.stop()
     results["ratios"] = report.ratios(results)
     return results
+
+
+def batch_extract(models_dir: Path, work: Path, seconds: float) -> dict:
+    """python -m service.extract's local engine on copies of the photos, sized to run about `seconds`."""
+    import shutil
+
+    from service.extract import run as extract
+
+    folder = work / "collection"
+    folder.mkdir()
+    sources = photos.write_photos(work / "photos")
+    copies = max(2, round(seconds * 100 / len(sources)))  # ~100 images/s on 2 cores
+    for copy in range(copies):
+        for source in sources:
+            shutil.copyfile(source, folder / f"{copy:04d}-{source.name}")
+    summary = extract([folder], MODEL, work / "extracted", models_dir=models_dir, progress=False)
+    if summary["failed"]:
+        raise RuntimeError(f"batch extraction failed on {summary['failed']} photos")
+    return {"images": summary["rows"], "seconds": summary["seconds"], "images_per_s": summary["images_per_second"]}
 
 
 def machine() -> dict:

@@ -56,6 +56,10 @@ def ratios(results: dict) -> dict:
         ),
         "service_p50_c1_minus_ceiling_ms": p50_ms(_run(results, "service", 1))
         - p50_ms(_run(results, "ceiling sequential", 1)),
+        "batch_extract_over_ceiling": _divide(
+            _run(results, "batch extract (local engine)", 0)["images_per_s"],
+            _run(results, "ceiling pipelined", 0)["images_per_s"],
+        ),
         "service_rss_growth_mib": results["service_rss_mib_after"] - results["service_rss_mib_before"],
         "stem_maps_base64_fp16_over_json_p50": _divide(
             p50_ms(_run(results, "service stem maps base64", 1)), p50_ms(_run(results, "service stem maps json", 1))
@@ -127,6 +131,7 @@ def chart(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     throughput = [("ceiling (in-process)", _run(results, "ceiling pipelined", 0)["images_per_s"])]
+    throughput += [("batch extract", _run(results, "batch extract (local engine)", 0)["images_per_s"])]
     throughput += [
         (f"service {body}", _run(results, "service", 8, body)["images_per_s"]) for body in ("raw", "multipart", "json")
     ]
@@ -141,7 +146,7 @@ def chart(results: dict, path: Path) -> None:
     ]
     latency += [(name, p50_ms(_run(results, name, 1))) for name in ("hand-written ORT", "hand-written PyTorch")]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    colours = ["#777777", "#1f77b4", "#1f77b4", "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e"]
+    colours = ["#777777", "#8c564b", "#1f77b4", "#1f77b4", "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e"]
     left.barh([n for n, _ in throughput][::-1], [v for _, v in throughput][::-1], color=colours[::-1])
     left.set_xlabel("images/s at concurrency 8 (higher is better)")
     right.barh([n for n, _ in latency][::-1], [v for _, v in latency][::-1], color="#9467bd")
