@@ -4,6 +4,7 @@ Dockerfile's commands (export, CMD, HEALTHCHECK, user, environment) are run as t
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import io
 import json
 import os
@@ -97,6 +98,35 @@ def test_runtime_stage_holds_only_serving_code_as_a_non_root_user(dockerfile):
     ]  # fmt: skip
     for run in dockerfile.runs("runtime"):
         assert not re.search(r"\b(gcc|g\+\+|build-essential|torch)\b", run), f"compiler or torch in: {run}"
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: the last matching pattern wins, `!` re-includes, a folder covers its files."""
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest(dockerfile):
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+    patterns = [line for line in patterns if line and not line.startswith("#")]
+    copied = set()
+    for stage in dockerfile.stages.values():
+        for name, rest in stage.instructions:
+            if name == "COPY" and not rest.startswith("--from"):
+                copied.update(rest.split()[:-1])
+    assert copied == {"pyproject.toml", "deploy/requirements.py", "exporter", "service"}
+    for path in copied:
+        assert not dockerignored(path, patterns), f".dockerignore drops {path}, which the Dockerfile copies"
+    for path in (".venv", ".git", "exported_models/efficientnet_lite0/model.onnx", "tests", "docs",
+                 "service/__pycache__", "deploy/kubernetes.yaml", ".env"):  # fmt: skip
+        assert dockerignored(path, patterns), f"{path} should stay out of the build context"
 
 
 def test_requirements_come_from_pyproject_and_serving_has_no_torch():

@@ -172,13 +172,19 @@ def test_nginx_retries_on_the_other_replica_when_one_is_sigkilled_under_load(rep
     retried = [entry for entry in features if "," in entry["upstream"]]
     served_by = {upstream: sum(e["upstream"].endswith(upstream) for e in features) for upstream in upstreams}
     in_flight = sum(o.started < struck < o.ended for o in outcomes)
+    # A response the killed replica had begun to send (gunicorn writes the headers, then the body) cannot be
+    # retried: nginx has passed the headers on. The client sees it cut short; nginx logs it as below.
+    truncated = [o for o in outcomes if o.error == "ChunkedEncodingError"]
+    cut_mid_response = nginx.output().count("upstream prematurely closed connection while reading upstream,")
     print(
         f"\n[nginx failover] requests sent: {len(outcomes)}, client-visible failures: "
-        f"{sum(o.status != 200 for o in outcomes)}, in flight at the SIGKILL: {in_flight}, "
-        f"retried by nginx on the other replica: {len(retried)}, answered by killed/surviving replica: "
-        f"{served_by[upstreams[0]]}/{served_by[upstreams[1]]}, outcomes: {summary(outcomes)}"
+        f"{sum(o.status != 200 for o in outcomes)} (responses cut mid-body: {len(truncated)}), in flight at the "
+        f"SIGKILL: {in_flight}, retried by nginx on the other replica: {len(retried)}, answered by "
+        f"killed/surviving replica: {served_by[upstreams[0]]}/{served_by[upstreams[1]]}, outcomes: {summary(outcomes)}"
     )
-    assert summary(outcomes) == {"200": 300}, "a client saw a failure although one replica was still up"
+    failures = [o for o in outcomes if o.status != 200]
+    assert all(o.error == "ChunkedEncodingError" for o in failures), "nginx could have retried these"
+    assert len(truncated) == cut_mid_response <= in_flight
     assert len(features) == 300
     assert served_by[upstreams[0]] > 0, "the killed replica never served: the fault hit nothing"
     assert retried, "no request was retried: the failover path was not exercised"
