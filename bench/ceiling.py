@@ -32,21 +32,25 @@ def pipelined(manifest: Manifest, model_path: str, images: list[bytes], seconds:
     decoder = ThreadPoolExecutor(max_workers=cores)
 
     def decode(start: int):
-        chunk = [images[(start + i) % len(images)] for i in range(batch)]
-        return decoder.submit(lambda: np.stack([load_tensor(data, manifest.preprocess) for data in chunk]))
+        """One task per image, so every decoder thread works on the next batch."""
+        return [decoder.submit(load_tensor, images[(start + i) % len(images)], manifest.preprocess)
+                for i in range(batch)]  # fmt: skip
 
-    session.run(outputs, {"input": decode(0).result()})  # warm-up
+    def stack(futures) -> np.ndarray:
+        return np.stack([future.result() for future in futures])
+
+    session.run(outputs, {"input": stack(decode(0))})  # warm-up
     done, position = 0, 0
     pending = decode(position)
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        ready = pending.result()
+        ready = stack(pending)
         position += batch
         pending = decode(position)
         session.run(outputs, {"input": ready})
         done += batch
     elapsed = time.perf_counter() - started
-    pending.result()
+    stack(pending)
     decoder.shutdown()
     return {"images": done, "seconds": elapsed, "images_per_s": done / elapsed, "batch": batch}
 

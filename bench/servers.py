@@ -62,6 +62,10 @@ class Gunicorn:
             self.process.wait()
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -90,10 +94,10 @@ def service(models_dir: Path, log: Path, **env: str) -> Gunicorn:
 
 
 def baseline(app: str, model_dir: Path, log: Path, workers: int) -> Gunicorn:
-    """A hand-written app with gunicorn's defaults (sync workers), one worker per core as users usually pick."""
+    """A hand-written app with gunicorn's defaults (sync workers): one worker per core, cores / workers threads."""
     return Gunicorn(
         [f"bench.baselines.{app}:app", "--workers", str(workers), "--log-level", "warning"],
-        {"BENCH_MODEL_DIR": str(model_dir)},
+        {"BENCH_MODEL_DIR": str(model_dir), "BENCH_THREADS": str(max(1, _cores() // workers))},
         log,
         "/healthz",
     )

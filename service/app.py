@@ -1,7 +1,8 @@
 """create_app(settings): the only way to build the web app; wires registry, routes, auth, ids and errors.
 
-Model sessions are opened here, i.e. in each gunicorn worker after the fork, in a background thread so
-/healthz answers at once and /readyz says 503 until every model is loaded and warmed up.
+Model sessions are opened here, i.e. in each gunicorn worker after the fork: with one worker in a background
+thread, so /healthz answers at once and /readyz says 503 until every model is loaded and warmed up; with
+several, before the worker accepts connections (see create_app).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ OPEN_PATHS = {"/healthz", "/readyz", *PAGE_PATHS}  # probes and the data-free pa
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def create_app(settings: Settings | None = None, load_in_background: bool = True) -> Flask:
+def create_app(settings: Settings | None = None, load_in_background: bool | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     registry = Registry(settings, batch_observer=metrics.batch_observer)
@@ -42,6 +43,11 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     _install_metrics_and_access_log(app)
     _install_auth(app, settings)
     _install_error_handlers(app)
+    if load_in_background is None:
+        # With one worker, loading in the background lets /healthz answer at once and /readyz say 503 until ready.
+        # With several, a worker still loading would take connections it can only refuse while a ready one idles,
+        # so each worker loads before it accepts anything (the kernel queues connections meanwhile).
+        load_in_background = settings.workers == 1
     if load_in_background:
         registry.load_in_background()
     else:

@@ -36,17 +36,27 @@ def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[
     elif mimetype == "application/json":
         inputs, options = _json(request)
     elif mimetype in RAW_IMAGE_TYPES:
-        inputs, options = [Input(image=request.get_data(cache=False))], request.args.to_dict()
+        inputs, options = [Input(image=request.get_data(cache=False))], {}
     else:
         raise UnsupportedMediaType(
             f"Content-Type {mimetype or '(none)'} is not accepted; send multipart/form-data (field 'image'), "
             f"application/json, or a raw {', '.join(RAW_IMAGE_TYPES)} body"
         )
+    options = _with_query_options(request, options)
     if not inputs:
         raise BadRequest("the request holds no inputs; send at least one image or tensor")
     if len(inputs) > max_images:
         raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {max_images}", limit=max_images)
     return inputs, options
+
+
+def _with_query_options(request: Request, body_options: dict[str, object]) -> dict[str, object]:
+    """Options may come in the query string with any body; one given in both places is refused, not guessed."""
+    query = {key: ",".join(request.args.getlist(key)) for key in request.args}
+    both = sorted(set(query) & set(body_options))
+    if both:
+        raise BadRequest(f"option {both[0]!r} is given both in the query string and in the body; give it once")
+    return {**query, **body_options}
 
 
 def _multipart(request: Request) -> tuple[list[Input], dict[str, object]]:

@@ -82,6 +82,7 @@ class Registry:
                     self.settings.intra_op_threads,
                     model.manifest.onnx.dynamic_batch,
                     prefix_models(model.path, model.manifest),
+                    spin=self.settings.ort_spin,
                 )
                 # warm up at the micro-batcher's largest batch: ONNX Runtime's arena grows to it now, not under load
                 images = self.settings.batch_images if model.manifest.onnx.dynamic_batch else 1

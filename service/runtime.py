@@ -38,9 +38,11 @@ class OrtRuntime:
     """
 
     def __init__(self, path: Path, providers: list[str], intra_op_threads: int, dynamic_batch: bool = True,
-                 prefixes: list[tuple[list[str], bytes]] = ()):  # fmt: skip
+                 prefixes: list[tuple[list[str], bytes]] = (), spin: bool = True):  # fmt: skip
         self.options = ort.SessionOptions()
         self.options.intra_op_num_threads = intra_op_threads
+        # spin-waiting intra-op threads answer faster but burn the cores other threads decode on
+        self.options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.options.inter_op_num_threads = 1
         self.options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -101,7 +101,7 @@ class Server:
             try:
                 if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or workers still loading
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.output()}")

@@ -294,7 +294,9 @@ def test_compose_passes_every_setting_with_the_service_default(compose_config):
             field = short.lower()
             if field in fixed_by_image or getattr(defaults, field, None) is None:
                 continue
-            assert str(getattr(defaults, field)) == str(value), f"{name}: {variable} default differs"
+            default = getattr(defaults, field)
+            expected = ("on" if default else "off") if isinstance(default, bool) else str(default)
+            assert expected == str(value), f"{name}: {variable} default differs"
     body_limits = {service["environment"]["FEATURES_MAX_BODY_BYTES"] for service in compose_config["services"].values()}
     assert body_limits == {str(defaults.max_body_bytes)}, "nginx and the replicas must share the body limit"
 

@@ -53,10 +53,14 @@ def test_settings_from_environment(tmp_path):
     assert settings.workers == 2 and settings.provider_list == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert settings.api_key == "from-file" and settings.intra_op_threads >= 1
     assert Settings.from_env({"FEATURES_ORT_THREADS": "3"}).intra_op_threads == 3
-    batching = Settings.from_env({"FEATURES_BATCH_IMAGES": "4", "FEATURES_BATCH_WAIT_MS": "0"})
-    assert (batching.batch_images, batching.batch_wait_ms) == (4, 0)
+    batching = Settings.from_env(
+        {"FEATURES_BATCH_IMAGES": "4", "FEATURES_BATCH_WAIT_MS": "3", "FEATURES_ORT_SPIN": "on"}
+    )
+    assert (batching.batch_images, batching.batch_wait_ms, batching.ort_spin) == (4, 3, True)
+    assert not Settings.from_env({}).ort_spin
     bad_values = ({"FEATURES_PORT": "http"}, {"FEATURES_PROVIDERS": "tpu"}, {"FEATURES_WORKERS": "0"},
-                  {"FEATURES_BATCH_IMAGES": "0"}, {"FEATURES_BATCH_WAIT_MS": "-1"})  # fmt: skip
+                  {"FEATURES_BATCH_IMAGES": "0"}, {"FEATURES_BATCH_WAIT_MS": "-1"},
+                  {"FEATURES_ORT_SPIN": "maybe"})  # fmt: skip
     for bad in bad_values:
         with pytest.raises(SettingsError):
             Settings.from_env(bad)

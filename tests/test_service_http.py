@@ -113,6 +113,17 @@ def test_json_base64_images_and_raw_bodies_agree(server, images):
     assert set(reference["features"]) == {"mid"}
 
 
+def test_query_options_apply_to_every_body_and_conflicts_are_refused(server, images):
+    encoded = base64.b64encode(images["coffee"]).decode()
+    for kwargs in ({"json": {"inputs": [{"image": encoded}]}}, {"files": {"image": images["coffee"]}}):
+        response = post(server, params={"levels": "low", "pooling": "max"}, **kwargs)
+        assert response.status_code == 200
+        assert set(response.json()["results"][0]["features"]) == {"low"}
+        assert response.json()["options"]["pooling"] == "max"
+    conflict = post(server, json={"inputs": [{"image": encoded}], "levels": "mid"}, params={"levels": "low"})
+    assert conflict.status_code == 400 and "both in the query string and in the body" in conflict.json()["detail"]
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
 def test_raw_png_and_webp(server, fmt, lite0_session, lite0_manifest):
     data = jpeg("astronaut", (300, 300), fmt)

@@ -13,6 +13,9 @@ from PIL import Image
 MODEL_DIR = Path(os.environ.get("BENCH_MODEL_DIR", "exported_models/efficientnet_lite0"))
 MANIFEST = json.loads((MODEL_DIR / "model.json").read_text())
 PRE = MANIFEST["preprocess"]
+# cores / workers, the usual advice (and what the service does), so no baseline loses to oversubscription:
+# with each of 2 workers on 2 threads, PyTorch at concurrency 8 fell to 1 image/s.
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 
 def preprocess(data: bytes) -> np.ndarray:

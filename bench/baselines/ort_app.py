@@ -7,9 +7,11 @@ import json
 import onnxruntime as ort
 from flask import Flask, request
 
-from bench.baselines.common import MANIFEST, MODEL_DIR, preprocess
+from bench.baselines.common import MANIFEST, MODEL_DIR, THREADS, preprocess
 
-session = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
+options = ort.SessionOptions()
+options.intra_op_num_threads = THREADS
+session = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), options, providers=["CPUExecutionProvider"])
 layers = [(layer["name"], layer["outputs"].get("avg", layer["outputs"]["none"])) for layer in MANIFEST["layers"]]
 app = Flask(__name__)
 

@@ -7,9 +7,10 @@ import json
 import torch
 from flask import Flask, request
 
-from bench.baselines.common import preprocess
+from bench.baselines.common import THREADS, preprocess
 from exporter.zoo import recipe
 
+torch.set_num_threads(THREADS)
 model = recipe("efficientnet_lite0").build()
 taps, _ = recipe("efficientnet_lite0").taps(model)
 captured: dict[str, torch.Tensor] = {}
