@@ -1,5 +1,5 @@
 """Fault tests with real processes: a replica SIGKILLed behind the repository's nginx config, a gunicorn worker
-SIGKILLed under load, nginx's own errors as problem+json. Figures are printed (`pytest -s`) for docs/deploy.md."""
+SIGKILLed under load, nginx's own errors as problem+json. Figures are printed (`pytest -s`) for the README."""
 
 from __future__ import annotations
 
