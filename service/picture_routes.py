@@ -107,7 +107,7 @@ def maps(model_name: str, layer_name: str):
     if not registry.ready.is_set():
         raise NotReady("models are still loading; retry shortly", retry_after=2)
     inputs, raw_options = parse_request(request, registry.settings.max_images)
-    k, alpha = maps_options({**request.args.to_dict(), **raw_options})
+    k, alpha = maps_options(raw_options)  # query-string options are already merged in, conflicts refused
     if len(inputs) != 1:
         raise BadRequest(f"maps.png draws one image; the request holds {len(inputs)}")
     batch = to_batch(inputs, model.manifest, registry.settings.max_pixels)
