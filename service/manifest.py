@@ -155,6 +155,24 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest.from_dict(data)
 
 
+def load_verified(manifest_path: Path) -> tuple[Manifest, Path]:
+    """A manifest and its ONNX file, which must exist and match the manifest's sha256; ManifestError says why not.
+
+    The one check of an export, shared by the service's start-up, the batch extractor and the insight study.
+    """
+    manifest = load_manifest(manifest_path)
+    onnx_path = Path(manifest_path).parent / manifest.onnx.file
+    if not onnx_path.is_file():
+        raise ManifestError(f"{onnx_path} is missing (listed in {manifest_path})")
+    digest = sha256_of(onnx_path)
+    if digest != manifest.onnx.sha256:
+        raise ManifestError(
+            f"{onnx_path} sha256 {digest[:12]}… does not match its manifest ({manifest.onnx.sha256[:12]}…); "
+            "re-export the model"
+        )
+    return manifest, onnx_path
+
+
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from service.batcher import MicroBatcher
-from service.manifest import Manifest, ManifestError, load_manifest, sha256_of
+from service.manifest import Manifest, ManifestError, load_verified
 from service.runtime import OrtRuntime
 from service.settings import Settings
 from service.subgraphs import prefix_models
@@ -55,18 +55,9 @@ class Registry:
             raise StartupError(f"models directory {root} does not exist; export a model first (python -m exporter)")
         for manifest_path in sorted(root.glob("*/model.json")):
             try:
-                manifest = load_manifest(manifest_path)
+                manifest, onnx_path = load_verified(manifest_path)
             except ManifestError as exc:
                 raise StartupError(str(exc)) from exc
-            onnx_path = manifest_path.parent / manifest.onnx.file
-            if not onnx_path.is_file():
-                raise StartupError(f"{onnx_path} is missing (listed in {manifest_path})")
-            digest = sha256_of(onnx_path)
-            if digest != manifest.onnx.sha256:
-                raise StartupError(
-                    f"{onnx_path} sha256 {digest[:12]}… does not match its manifest ({manifest.onnx.sha256[:12]}…); "
-                    "re-export the model"
-                )
             self.models[manifest.name] = LoadedModel(manifest, onnx_path)
         if not self.models:
             raise StartupError(f"no exported models in {root} (expected {root}/<name>/model.json)")

@@ -10,13 +10,13 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Server, photo
+from tests.deploy_files import worker_pids
 from tests.openapi_check import conforms
 
 pytestmark = pytest.mark.integration
@@ -45,11 +45,6 @@ def total(samples, name: str, **labels: str) -> float:
     return sum(value for key, value in samples.get(name, {}).items() if set(labels.items()) <= set(key))
 
 
-def worker_pids(server: Server) -> list[int]:
-    path = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    return [int(pid) for pid in path.read_text().split()]
-
-
 @pytest.fixture(scope="module")
 def two_workers(models_dir, tmp_path_factory):
     metrics_dir = tmp_path_factory.mktemp("prometheus")
@@ -57,7 +52,7 @@ def two_workers(models_dir, tmp_path_factory):
     server = Server(models_dir, FEATURES_WORKERS="2", FEATURES_THREADS="4", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     server.wait_ready()
     for _ in range(100):  # /readyz answered by one worker; wait for the other to load too
-        if len(worker_pids(server)) == 2 and all(
+        if len(worker_pids(server.process.pid)) == 2 and all(
             requests.get(f"{server.url}/readyz", timeout=5).status_code == 200 for _ in range(4)
         ):
             break
@@ -109,11 +104,11 @@ def test_a_killed_workers_counts_survive(two_workers):
     server, _ = two_workers
     before = scrape(server.url)
     counted = total(before, "features_http_requests_total", status="200")
-    victim = worker_pids(server)[0]
+    victim = worker_pids(server.process.pid)[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pids = worker_pids(server)
+        pids = worker_pids(server.process.pid)
         if len(pids) == 2 and victim not in pids and requests.get(f"{server.url}/readyz", timeout=5).ok:
             break
         time.sleep(0.2)

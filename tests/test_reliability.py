@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import Server, photo
+from tests.deploy_files import worker_pids
 
 pytestmark = pytest.mark.integration
 FEATURES = "/v1/models/efficientnet_lite0/features"
@@ -36,9 +37,7 @@ def jpeg(name: str, size: tuple[int, int] | None = None) -> bytes:
 
 
 def processes(server: Server) -> list[int]:
-    pid = server.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *map(int, children)]
+    return [server.process.pid, *worker_pids(server.process.pid)]
 
 
 def rss_mib(server: Server) -> float:

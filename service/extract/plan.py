@@ -15,7 +15,7 @@ from pathlib import Path
 from service.errors import ProblemError
 from service.extract.errors import UsageError
 from service.features import output_name, parse_options, select_layers
-from service.manifest import Layer, Manifest, ManifestError, load_manifest, sha256_of
+from service.manifest import Layer, Manifest, ManifestError, load_verified
 
 FORMATS = ("npy", "parquet")
 JOB_VERSION = 1
@@ -77,14 +77,9 @@ def local_model(models_dir: Path, name: str) -> ModelInfo:
         valid = sorted(p.parent.name for p in models_dir.glob("*/model.json"))
         raise UsageError(f"no model {name!r} in {models_dir}; models are {', '.join(valid) or 'none'}")
     try:
-        manifest = load_manifest(manifest_path)
+        manifest, onnx_path = load_verified(manifest_path)
     except ManifestError as exc:
         raise UsageError(str(exc)) from None
-    onnx_path = manifest_path.parent / manifest.onnx.file
-    if not onnx_path.is_file():
-        raise UsageError(f"{onnx_path} is missing (listed in {manifest_path})")
-    if sha256_of(onnx_path) != manifest.onnx.sha256:
-        raise UsageError(f"{onnx_path} does not match the sha256 in its manifest; re-export the model")
     return ModelInfo(name, manifest.onnx.sha256, manifest.layers, manifest_path.read_text(), manifest, onnx_path)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from service.features import output_name
 from service.insight.photos import Photo, load_photo
 from service.insight.views import KINDS, PLAIN, View, context_image, view_tensor
-from service.manifest import Manifest, load_manifest, sha256_of
+from service.manifest import Manifest, ManifestError, load_verified
 from service.runtime import OrtRuntime
 
 DIGITS = 6
@@ -44,10 +44,10 @@ def open_model(models_dir: Path, name: str, threads: int = 0) -> Model:
         found = sorted(p.parent.name for p in models_dir.glob("*/model.json")) if models_dir.is_dir() else []
         hint = f"; exported models there: {', '.join(found)}" if found else "; export one with python -m exporter"
         raise StudyError(f"no exported model {name!r} in {models_dir}{hint}")
-    manifest = load_manifest(folder / "model.json")
-    path = folder / manifest.onnx.file
-    if sha256_of(path) != manifest.onnx.sha256:
-        raise StudyError(f"{path} does not match the sha256 in its manifest; re-export the model")
+    try:
+        manifest, path = load_verified(folder / "model.json")
+    except ManifestError as exc:
+        raise StudyError(str(exc)) from None
     runtime = OrtRuntime(path, ["CPUExecutionProvider"], threads, manifest.onnx.dynamic_batch)
     return Model(manifest, runtime)
 
