@@ -1,8 +1,7 @@
 """create_app(settings): the only way to build the web app; wires registry, routes, auth, ids and errors.
 
-Model sessions are opened here, i.e. in each gunicorn worker after the fork: with one worker in a background
-thread, so /healthz answers at once and /readyz says 503 until every model is loaded and warmed up; with
-several, before the worker accepts connections (see create_app).
+Model sessions are opened here, i.e. in each gunicorn worker after the fork and before it accepts a connection,
+so a worker never takes requests it can only refuse; /readyz says 503 only if loading failed.
 """
 
 from __future__ import annotations
@@ -26,16 +25,18 @@ from service.settings import Settings
 log = logging.getLogger("service")
 access = logging.getLogger("service.access")
 OPEN_PATHS = {"/healthz", "/readyz", *PAGE_PATHS}  # probes and the data-free page stay reachable without the API key
+FORM_OPTION_PARTS = 64  # multipart parts allowed beyond the images, for options sent as repeated fields
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def create_app(settings: Settings | None = None, load_in_background: bool | None = None) -> Flask:
+def create_app(settings: Settings | None = None, load_in_background: bool = False) -> Flask:
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     registry = Registry(settings, batch_observer=metrics.batch_observer)
     registry.check()  # StartupError: bad manifest or checksum stops the worker with one line
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_FORM_PARTS"] = settings.max_images + FORM_OPTION_PARTS  # images plus option fields
     app.extensions["registry"] = registry
     app.register_blueprint(api)
     app.register_blueprint(pictures)
@@ -43,11 +44,9 @@ def create_app(settings: Settings | None = None, load_in_background: bool | None
     _install_metrics_and_access_log(app)
     _install_auth(app, settings)
     _install_error_handlers(app)
-    if load_in_background is None:
-        # With one worker, loading in the background lets /healthz answer at once and /readyz say 503 until ready.
-        # With several, a worker still loading would take connections it can only refuse while a ready one idles,
-        # so each worker loads before it accepts anything (the kernel queues connections meanwhile).
-        load_in_background = settings.workers == 1
+    # A worker loads before it accepts anything (the kernel queues connections meanwhile): one still loading
+    # would take connections it can only refuse while a ready one idles, after a crash or a reload (SIGHUP)
+    # as much as at start, and however the worker count was set. Background loading is for in-process use.
     if load_in_background:
         registry.load_in_background()
     else:
@@ -80,7 +79,7 @@ def _install_metrics_and_access_log(app: Flask) -> None:
     def count_request(response):
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        metrics.REQUESTS.labels(metrics.method_label(request.method), route, str(response.status_code)).inc()
         metrics.LATENCY.labels(route).observe(elapsed)
         access.info(
             "%s %s %d",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, NotFound, UnprocessableImage
 from service.manifest import LEVELS, POOLINGS, Layer, Manifest
 
 ENCODINGS = ("json", "base64")
@@ -121,11 +121,26 @@ def encode_array(array: np.ndarray, options: FeatureOptions) -> dict:
     return encoded
 
 
+def check_finite(outputs: list[np.ndarray], names: list[str]) -> None:
+    """A finite but extreme input tensor can overflow float32 inside the network: refuse that input (422)
+    instead of answering null for every value."""
+    for name, array in zip(names, outputs, strict=True):
+        finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if not finite.all():
+            index = int(np.argmin(finite))
+            raise UnprocessableImage(
+                f"input {index} makes output {name} overflow to infinity or NaN; send images, or tensors "
+                "preprocessed as the model's manifest says (GET /v1/models/{model})",
+                index=index,
+            )
+
+
 def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOptions) -> list[dict[str, dict]]:
     """Per input: {level: {layer: encoded array}} for the requested layers, in input order."""
     layers = select_layers(manifest, options)
     names = [output_name(layer, options.pooling) for layer in layers]
     outputs = runtime.run(list(dict.fromkeys(names)), batch)
+    check_finite(outputs, list(dict.fromkeys(names)))
     by_name = dict(zip(dict.fromkeys(names), outputs, strict=True))
     results = []
     for index in range(len(batch)):

@@ -28,12 +28,13 @@ except SettingsError as _exc:
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = "gthread"
+worker_class = "service.http_worker.BufferingWorker"  # gthread that buffers each request in its event loop
 threads = _settings.threads
 timeout = _settings.timeout
 graceful_timeout = 30  # SIGTERM: stop accepting, let in-flight requests finish for up to 30 s
 keepalive = 5
 preload_app = False
+control_socket_disable = True  # gunicorn's admin socket (~/.gunicorn/gunicorn.ctl): unused, and shared by instances
 accesslog = None  # the app logs each request itself, with its request id (logger service.access)
 errorlog = "-"
 loglevel = _settings.log_level

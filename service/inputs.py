@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.errors import BadRequest, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 from service.images import ImageError, load_tensor
 from service.manifest import Manifest
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+MAX_TENSOR_RANK = 8  # a model input is [C, H, W]; anything far longer is refused before any arithmetic
 TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
@@ -32,9 +35,9 @@ class Input:
 def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        inputs, options = _multipart(request)
+        inputs, options = _multipart(request, max_images)
     elif mimetype == "application/json":
-        inputs, options = _json(request)
+        inputs, options = _json(request, max_images)
     elif mimetype in RAW_IMAGE_TYPES:
         inputs, options = [Input(image=request.get_data(cache=False))], {}
     else:
@@ -45,9 +48,14 @@ def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[
     options = _with_query_options(request, options)
     if not inputs:
         raise BadRequest("the request holds no inputs; send at least one image or tensor")
-    if len(inputs) > max_images:
-        raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {max_images}", limit=max_images)
+    _check_count(len(inputs), max_images)
     return inputs, options
+
+
+def _check_count(count: int, max_images: int) -> None:
+    """Counted before anything is decoded, whatever the body's form."""
+    if count > max_images:
+        raise PayloadTooLarge(f"{count} inputs in one request; the limit is {max_images}", limit=max_images)
 
 
 def _with_query_options(request: Request, body_options: dict[str, object]) -> dict[str, object]:
@@ -59,19 +67,38 @@ def _with_query_options(request: Request, body_options: dict[str, object]) -> di
     return {**query, **body_options}
 
 
-def _multipart(request: Request) -> tuple[list[Input], dict[str, object]]:
-    unexpected = sorted(set(request.files) - {"image"})
+def _multipart(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
+    try:
+        files, form = request.files, request.form
+    except RequestEntityTooLarge:
+        raise _form_too_large(request) from None
+    unexpected = sorted(set(files) - {"image"})
     if unexpected:
         raise BadRequest(f"unexpected file field {unexpected[0]!r}; send images in the field 'image'")
-    inputs = [Input(image=f.read(), name=f.filename or None) for f in request.files.getlist("image")]
+    uploads = files.getlist("image")
+    _check_count(len(uploads), max_images)
+    inputs = [Input(image=f.read(), name=f.filename or None) for f in uploads]
     options: dict[str, object] = {}
-    for key in request.form:
-        values = request.form.getlist(key)
+    for key in form:
+        values = form.getlist(key)
         options[key] = values[0] if len(values) == 1 else ",".join(values)
     return inputs, options
 
 
-def _json(request: Request) -> tuple[list[Input], dict[str, object]]:
+def _form_too_large(request: Request) -> PayloadTooLarge:
+    """Werkzeug raises the same 413 for three limits; name the one that was hit."""
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes", limit=limit)
+    parts, field = request.max_form_parts, request.max_form_memory_size
+    return PayloadTooLarge(
+        f"the form has more than {parts} parts or a text field above {field} bytes; send images in 'image' "
+        "fields and options as short text fields",
+        limit=parts,
+    )
+
+
+def _json(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
     try:
         body = orjson.loads(request.get_data(cache=False))
     except orjson.JSONDecodeError as exc:
@@ -79,6 +106,7 @@ def _json(request: Request) -> tuple[list[Input], dict[str, object]]:
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise BadRequest('the JSON body must be an object with a list "inputs": [{"image": "<base64>"}, …]')
     options = {key: value for key, value in body.items() if key != "inputs"}
+    _check_count(len(body["inputs"]), max_images)
     return [_json_input(item, index) for index, item in enumerate(body["inputs"])], options
 
 
@@ -109,10 +137,16 @@ def _tensor(spec, index: int) -> np.ndarray:
     if dtype is None:
         raise BadRequest(f"{where}.dtype {spec.get('dtype')!r} is not one of {', '.join(TENSOR_DTYPES)}", index=index)
     shape = spec["shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise BadRequest(f"{where}.shape must be a list of positive integers", index=index)
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= MAX_TENSOR_RANK
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise BadRequest(
+            f"{where}.shape must be a list of 1 to {MAX_TENSOR_RANK} positive integers, e.g. [3, 224, 224]", index=index
+        )
     data = _b64(spec["data"], f"{where}.data", index)
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: a huge shape cannot overflow
     if len(data) != expected:
         raise BadRequest(
             f"{where}.data holds {len(data)} bytes; shape {shape} of {dtype.name} needs {expected}", index=index

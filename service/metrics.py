@@ -28,12 +28,25 @@ LATENCY = Histogram(
     "features_http_request_duration_seconds", "Time to answer a request", ["route"], buckets=_LATENCY_BUCKETS
 )
 IN_FLIGHT = Gauge("features_http_requests_in_flight", "Requests being answered", multiprocess_mode="livesum")
+REFUSED = Counter(
+    "features_http_refused_total",
+    "Requests refused by the worker before the app: header_timeout, body_timeout, send_timeout, too_large, malformed",
+    ["reason"],
+)
 ERRORS = Counter("features_errors_total", "Problem responses by type", ["status", "type"])
 IMAGES = Counter("features_images_total", "Inputs turned into features", ["model"])
 BATCH_SIZE = Histogram(
     "features_inference_batch_images", "Images per ONNX Runtime run (micro-batching)", ["model"], buckets=_BATCH_BUCKETS
 )
 INFERENCE = Histogram("features_inference_seconds", "Time of one ONNX Runtime run", ["model"], buckets=_LATENCY_BUCKETS)
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """Label values must stay few whatever clients send: any other method name counts as OTHER."""
+    return method if method in KNOWN_METHODS else "OTHER"
 
 
 def batch_observer(model: str):

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, request, send_from_directory
 
 from service.conv_filters import NoImageFilters, image_filters
 from service.errors import BadRequest, NotFound, NotReady
-from service.features import FeatureOptions, select_layers
+from service.features import FeatureOptions, check_finite, select_layers
 from service.inputs import parse_request, to_batch
 from service.manifest import Layer
 from service.pictures import MAP_ALPHA, MapsCaption, activation_grid, filter_grid, input_pixels, png_bytes
@@ -50,7 +50,7 @@ def maps_options(raw: dict[str, object]) -> tuple[int, float]:
 
 def _integer(value, option: str, low: int, high: int) -> int:
     number = value if isinstance(value, int) and not isinstance(value, bool) else None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # not '²' or '٣'
         number = int(value.strip())
     if number is None or not low <= number <= high:
         raise BadRequest(f"option {option}={value!r} must be a whole number from {low} to {high}")
@@ -112,6 +112,7 @@ def maps(model_name: str, layer_name: str):
         raise BadRequest(f"maps.png draws one image; the request holds {len(inputs)}")
     batch = to_batch(inputs, model.manifest, registry.settings.max_pixels)
     (activations,) = model.runtime.run([layer.outputs["none"]], batch)
+    check_finite([activations], [layer.outputs["none"]])
     background = input_pixels(batch[0], model.manifest.preprocess)
     image = activation_grid(background, activations[0], k, MapsCaption(model.name, layer), alpha)
     return png_response(png_bytes(image))

@@ -36,6 +36,11 @@ class Settings:
     max_pixels: int = 40_000_000
     api_key: str | None = None
     timeout: int = 60
+    # slow clients (service/http_worker.py): a request is read in the event loop and must arrive in time
+    header_timeout: int = 10  # seconds for the request line and headers, from their first byte
+    body_timeout: int = 20  # seconds for the body, plus one per body_min_rate bytes received
+    body_min_rate: int = 65536  # bytes per second that earn a slow upload more time
+    send_timeout: int = 30  # seconds a client may take to read a response before the connection is dropped
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) | text
 
@@ -84,6 +89,10 @@ class Settings:
             max_pixels=integer("MAX_PIXELS", defaults.max_pixels, 1),
             api_key=_api_key(env),
             timeout=integer("TIMEOUT", defaults.timeout, 1),
+            header_timeout=integer("HEADER_TIMEOUT", defaults.header_timeout, 1),
+            body_timeout=integer("BODY_TIMEOUT", defaults.body_timeout, 1),
+            body_min_rate=integer("BODY_MIN_RATE", defaults.body_min_rate, 1),
+            send_timeout=integer("SEND_TIMEOUT", defaults.send_timeout, 1),
             log_level=env.get("FEATURES_LOG_LEVEL", defaults.log_level).lower(),
             log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("json", "text")),
         )

@@ -76,7 +76,7 @@ def free_port() -> int:
 class Server:
     """A real gunicorn serving the app on 127.0.0.1, started with FEATURES_* variables."""
 
-    def __init__(self, models_dir: Path, **env: str):
+    def __init__(self, models_dir: Path, *gunicorn_args: str, **env: str):
         import os
 
         self.port = free_port()
@@ -85,8 +85,8 @@ class Server:
                        "FEATURES_PORT": str(self.port), **env}  # fmt: skip
         self.log = open(Path(models_dir).parent / f"gunicorn-{self.port}.log", "w+")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
-            cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", *gunicorn_args,
+             "service.app:create_app()"], cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 60) -> Server:
