@@ -2,11 +2,17 @@
 
 Crops, rescales, rotations, flips, grey and transparent versions of scikit-image's four photos, saved as
 JPEG, PNG and WebP in nested folders, and files that must fail with a reason instead of stopping a run.
+
+Also `python -m tests.extract_helpers BATCHES ARGS…`: the extraction CLI, held still after its first BATCHES
+journaled batches until a signal ends it, so that a test can interrupt or kill a run in the middle without
+racing it (see pausing_cli).
 """
 
 from __future__ import annotations
 
 import random
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +72,34 @@ def make_collection(root: Path, count: int, seed: int = 0) -> dict[str, list[Pat
     missing = root / "gone.jpg"
     bad = [broken / "truncated.jpg", broken / "random.jpg", broken / "empty.png"]
     return {"good": good, "bad_in_folder": bad, "text": [text], "missing": [missing]}
+
+
+def pausing_cli(argv: list[str]) -> int:
+    """`python -m service.extract ARGS…` (argv: BATCHES, then ARGS) that stops after journaling BATCHES batches.
+
+    The run then waits for a signal, for ever: the test decides when it is interrupted or killed, and the
+    run cannot finish first however slow or busy the machine is (sending the signal once the journal holds
+    the entries was a race the run sometimes won). It stops right after a complete write, between batches,
+    where a real interrupt may land too. The one-second sleeps do not time anything: a SIGINT that arrives
+    just before a sleep starts is acted on when it ends instead of being lost, as it could be in one long wait.
+    """
+    from service.extract.__main__ import main
+    from service.extract.writers import JobOutput
+
+    batches, args = int(argv[0]), argv[1:]
+    write = JobOutput.write
+    written = 0
+
+    def write_then_hold(self: JobOutput, result) -> None:
+        nonlocal written
+        write(self, result)
+        written += 1
+        while written >= batches:
+            time.sleep(1)
+
+    JobOutput.write = write_then_hold
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(pausing_cli(sys.argv[1:]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import requests
 
 from service.extract.__main__ import main
+from service.extract.errors import UsageError
 from service.extract.inputs import list_sources
 from service.extract.parquet import read_features
 from tests.conftest import REPO, Server
@@ -84,6 +86,80 @@ def test_list_sources_folders_globs_and_lists(tmp_path):
     assert found == sorted(str(tmp_path / name) for name in expected)  # sorted, repeats once, lists kept as given
 
 
+def tree(root: Path, files: list[str], links: dict[str, str]) -> Path:
+    """Empty files and symlinks (name -> target, as written) under root."""
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    for name, target in links.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / name)
+    return root
+
+
+def listed(root: Path, *arguments: str) -> list[str]:
+    """list_sources of arguments relative to root, as paths relative to root; a walk still going after 10 s
+    (a loop: os.walk never finished on two links to '.') fails the test instead of hanging it."""
+
+    def still_walking(*_) -> None:
+        raise AssertionError("list_sources still walking after 10 s")  # not TimeoutError: os.walk ate OSErrors
+
+    previous = signal.signal(signal.SIGALRM, still_walking)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        found = list_sources([str(root / argument) for argument in arguments])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert all(path == os.path.normpath(path) and os.path.isabs(path) for path in found), found
+    return [os.path.relpath(path, root) for path in found]
+
+
+def test_list_sources_a_link_back_up_the_tree_lists_each_file_once(tmp_path):
+    root = tree(tmp_path, ["x.jpg", "sub/y.png", "sub/deeper/z.webp"], {"sub/loop": "..", "sub/deeper/up": "../.."})
+    expected = ["sub/deeper/z.webp", "sub/y.png", "x.jpg"]  # was 41 times each, through sub/loop/sub/loop/...
+    assert listed(root, ".") == expected
+    assert listed(root, "**/*.*") == expected  # glob's own ** followed the loop too
+    # from sub, x.jpg is only reached through a link: by the name that sorts first (deeper/up < loop)
+    assert listed(root, "sub") == ["sub/deeper/up/x.jpg", "sub/deeper/z.webp", "sub/y.png"]
+
+
+def test_list_sources_two_links_to_the_same_folder_finish(tmp_path):
+    root = tree(tmp_path, ["x.jpg", "a/y.jpg"], {"here": ".", "again": ".", "a/top": ".."})
+    assert listed(root, ".") == ["a/y.jpg", "x.jpg"]  # os.walk never finished: 2 links, 2^40 paths
+    assert listed(root, "**") == ["a/y.jpg", "x.jpg"]
+    assert listed(root, "*/*.jpg") == ["a/y.jpg", "again/x.jpg"]  # a one-level glob: x.jpg only through the links
+
+
+def test_list_sources_a_link_to_a_sibling_folder_keeps_the_name_that_sorts_first(tmp_path):
+    root = tree(tmp_path, ["shots/1.jpg", "shots/2.png", "shots/deep/3.jpg"], {"album": "shots", "zoo": "shots/deep"})
+    expected = ["album/1.jpg", "album/2.png", "album/deep/3.jpg"]  # the link's name: not resolved
+    assert listed(root, ".") == expected
+    assert listed(root, "shots", "zoo", "album") == expected  # folder inputs are walked as one
+    assert listed(root, "*/*.jpg", "*/*/*.jpg") == ["album/1.jpg", "album/deep/3.jpg"]
+    listing = root / "list.txt"  # named explicitly: kept as written, whatever folder links they go through
+    listing.write_text("zoo/3.jpg\nshots/deep/3.jpg\n")
+    assert listed(root, "shots", "list.txt") == ["shots/1.jpg", "shots/2.png", "shots/deep/3.jpg", "zoo/3.jpg"]
+
+
+def test_list_sources_dangling_self_and_unreadable_links_do_not_stop_the_walk(tmp_path, monkeypatch):
+    root = tree(tmp_path, ["x.jpg", "locked/y.jpg"], {"gone": "nowhere", "lost.jpg": "nowhere.jpg", "self": "self",
+                                                      "self.png": "self.png", "in": "locked"})  # fmt: skip
+    listed_by = os.scandir
+
+    def scandir(path):  # permission denied (a real chmod would not stop the tests when they run as root)
+        if os.path.basename(path) in {"locked", "in"}:
+            raise PermissionError(13, "Permission denied", path)
+        return listed_by(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert listed(root, ".") == ["lost.jpg", "self.png", "x.jpg"]  # image names that cannot be read: failures later
+    with pytest.raises(UsageError, match="is not a file, a folder or a glob pattern"):
+        listed(root, "self")
+    with pytest.raises(UsageError, match="no images found"):
+        listed(root, "locked")
+
+
 def test_every_input_is_a_row_or_a_failure(collection, reference, lite0_dir):
     paths, arrays = load(reference)
     failures = {row["path"]: row["reason"] for row in read_csv(reference / "failed.csv")}
@@ -131,14 +207,20 @@ def journal_entries(out: Path) -> int:
         return 0
 
 
-def start_and_stop(args: list, out: Path, stop: signal.Signals, after_entries: int) -> tuple[int, str]:
-    """Start the CLI, send it `stop` once the journal records `after_entries` finished batches; (status, stderr)."""
-    process = subprocess.Popen([sys.executable, "-m", "service.extract", *map(str, args), "--no-progress"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while journal_entries(out) < after_entries and process.poll() is None and time.monotonic() < deadline:
+def start_and_stop(args: list, out: Path, stop: signal.Signals, batches: int) -> tuple[int, str]:
+    """Start the CLI held after `batches` more journaled batches (pausing_cli), send it `stop` there; (status, stderr).
+
+    The run cannot finish before the signal, so the outcome does not depend on how busy the machine is: the
+    deadline only turns a run that never gets there into a failure instead of a hang.
+    """
+    expected = journal_entries(out) + batches
+    command = [sys.executable, "-m", "tests.extract_helpers", str(batches), *map(str, args), "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while journal_entries(out) < expected and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert process.poll() is None, f"the run ended before it could be stopped: {process.communicate()}"
+    assert journal_entries(out) == expected, f"no {expected} journal entries after 300 s"
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     return process.returncode, stderr
@@ -148,19 +230,19 @@ def test_interrupted_and_killed_runs_resume_to_identical_files(collection, refer
     out = tmp_path / "features"
     args = [*collection["args"], "--model", MODEL, "--models-dir", models_dir, "--out", out]
 
-    status, stderr = start_and_stop(args, out, signal.SIGINT, after_entries=1)
+    status, stderr = start_and_stop(args, out, signal.SIGINT, batches=1)
     assert status == 130 and "rerun the same command to resume" in stderr, stderr
-    done_before_kill = journal_entries(out)
-    assert 1 <= done_before_kill < 8
+    assert journal_entries(out) == 1  # what was written before the interrupt, and nothing after it
 
-    status, _ = start_and_stop(args, out, signal.SIGKILL, after_entries=done_before_kill + 1)
+    status, _ = start_and_stop(args, out, signal.SIGKILL, batches=2)
     assert status == -signal.SIGKILL
+    assert journal_entries(out) == 3
     with open(out / ".partial" / "journal.jsonl", "a") as journal:
         journal.write('{"rows": [[0, 24')  # a line torn by the kill: claims nothing
 
     resumed = extract(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert "done by an earlier run" in resumed.stdout
+    assert f"{3 * 32} done by an earlier run" in resumed.stdout  # three batches of 32 rows, the torn line ignored
     for name in sorted(path.name for path in reference.iterdir()):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in reference.iterdir())
@@ -278,3 +360,21 @@ def test_an_out_dir_holding_another_job_is_refused_unless_overwrite(collection, 
     assert sorted(path.name for path in out.iterdir()) == [
         "extract.json", "failed.csv", "index.csv", "model.json", "stem.npy"]  # fmt: skip
     assert json.loads((out / "extract.json").read_text())["job"]["pooling"] == "max"
+
+
+def test_a_folder_with_loop_links_extracts_each_image_once(collection, models_dir, tmp_path):
+    images = sorted(collection["files"]["good"])[:5]
+    folder = tmp_path / "linked"
+    (folder / "sub").mkdir(parents=True)
+    placed = [folder / ("sub" if index % 2 else "") / image.name for index, image in enumerate(images)]
+    for image, path in zip(images, placed, strict=True):
+        shutil.copy(image, path)
+    os.symlink("..", folder / "sub" / "loop")  # each image 41 times before
+    os.symlink(".", folder / "here")  # with a second link to '.': a run that never started
+    os.symlink(".", folder / "there")
+    out = tmp_path / "features"
+    result = extract(folder, "--model", MODEL, "--models-dir", models_dir, "--out", out, "--layers", "embedding")
+    assert result.returncode == 0, result.stderr
+    assert "5 inputs: 5 rows, 0 failed" in result.stdout
+    assert [row["path"] for row in read_csv(out / "index.csv")] == sorted(map(str, placed))
+    assert np.load(out / "embedding.npy").shape == (5, 1280)
