@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.errors import NotReady
+
 log = logging.getLogger(__name__)
+
+
+class BatcherClosed(NotReady):
+    """The worker is stopping and its micro-batcher takes no more jobs (503: the client retries elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__("this worker is stopping; retry the request", retry_after=2)
 
 
 @dataclass
@@ -47,6 +56,7 @@ class MicroBatcher:
         self._expected = 0  # announced requests still decoding
         self._announced = threading.local()
         self._lock = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._serve, name="micro-batcher", daemon=True)
         self._thread.start()
 
@@ -76,25 +86,58 @@ class MicroBatcher:
         return self.submit(outputs, batch).result()
 
     def submit(self, outputs: list[str], batch: np.ndarray) -> Future:
+        """Queue a batch for the batcher thread; BatcherClosed once `close` has begun."""
         job = _Job(list(outputs), batch, self.runtime.session_for(outputs))
         with self._lock:
+            if self._closed:
+                self._end_announcement()
+                raise BatcherClosed()
             self._queue.append(job)
             self._end_announcement()
             self._lock.notify()
         return job.future
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Take no more jobs, run those already queued, then end the batcher thread and join it.
+
+        Idempotent. If the thread is still busy after `timeout` seconds (a run that does not return), the jobs
+        still queued fail with BatcherClosed instead of leaving their callers blocked.
+        """
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("micro-batcher still busy after %.0fs; failing the jobs still queued", timeout)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        with self._lock:
+            jobs, self._queue = list(self._queue), deque()
+        for job in jobs:
+            job.future.set_exception(BatcherClosed())
+
     def _serve(self) -> None:
-        while True:
-            jobs = self._next_jobs()
+        while jobs := self._next_jobs():
             try:
                 self._run_joined(jobs)
             except Exception:  # never let the batcher thread die; each job already holds its outcome
                 log.exception("micro-batcher failed")
 
     def _next_jobs(self) -> list[_Job]:
-        """The oldest job plus queued jobs for the same sub-graph, waiting briefly for announced arrivals."""
+        """The oldest job plus queued jobs for the same sub-graph, waiting briefly for announced arrivals.
+
+        Empty once the batcher is closed and its queue drained: the thread then ends.
+        """
         with self._lock:
             while not self._queue:
+                if self._closed:
+                    return []
                 self._lock.wait()
             first = self._queue.popleft()
             jobs, size = [first], len(first.batch)
@@ -106,7 +149,7 @@ class MicroBatcher:
                         jobs.append(job)
                         size += len(job.batch)
                 remaining = deadline - time.monotonic()
-                if size >= self.max_batch or self._expected == 0 or remaining <= 0:
+                if size >= self.max_batch or self._expected == 0 or remaining <= 0 or self._closed:
                     return jobs
                 self._lock.wait(remaining)
 

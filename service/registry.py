@@ -2,24 +2,33 @@
 
 `check` is fast and runs when the app is created (a bad export stops the worker with one clear line);
 `load` is slow and runs in the background while /readyz answers 503.
+
+`check` also runs in the gunicorn master (on_starting), so this module must not import onnxruntime at its top:
+the import starts a native thread that fork() does not copy, and every worker then aborted at exit (issue 12).
+`load` imports it, in the worker. `close`, registered with atexit by `load`, stops the batchers and releases the
+sessions in order once the interpreter has joined the request threads, before C++ static destructors run.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.batcher import MicroBatcher
 from service.manifest import Manifest, ManifestError, load_verified
-from service.runtime import OrtRuntime
 from service.settings import Settings
 from service.subgraphs import prefix_models
+
+if TYPE_CHECKING:
+    from service.runtime import OrtRuntime
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,8 @@ class Registry:
     batch_observer: Callable[[str], Callable[[int, float], None]] | None = None  # model name -> on_batch
     ready: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
+    _closing: threading.Event = field(default_factory=threading.Event, repr=False)
+    _loader: threading.Thread | None = field(default=None, repr=False)
 
     def check(self) -> None:
         """Read every manifest and verify every ONNX file's sha256; raise StartupError on the first problem."""
@@ -64,8 +75,13 @@ class Registry:
 
     def load(self) -> None:
         """Open a session per model and run one warm-up batch; sets `ready` when all are done."""
+        from service.runtime import OrtRuntime  # here, not at the top: see the module docstring
+
+        atexit.register(self.close)
         try:
             for model in self.models.values():
+                if self._closing.is_set():
+                    return
                 started = time.perf_counter()
                 runtime = OrtRuntime(
                     model.path,
@@ -90,6 +106,24 @@ class Registry:
             log.exception("loading models failed")
 
     def load_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.load, name="model-loader", daemon=True)
-        thread.start()
-        return thread
+        self._loader = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        self._loader.start()
+        return self._loader
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop each model's batcher (queued jobs still run, later ones get a 503), then release its sessions.
+
+        Idempotent; a load still under way stops before its next model and is waited for up to `timeout`.
+        """
+        self._closing.set()
+        if self._loader is not None and self._loader is not threading.current_thread():
+            self._loader.join(timeout)
+        released = 0
+        for model in self.models.values():
+            if model.batcher is not None:
+                model.batcher.close(timeout)
+            if model.runtime is not None and model.runtime.graphs:
+                model.runtime.close()
+                released += 1
+        if released:
+            log.info("closed %d model(s): batchers stopped, sessions released", released)

@@ -1,6 +1,10 @@
 """ONNX Runtime session for one exported model: explicit providers and threads, provider read back.
 
-Created inside each gunicorn worker after the fork (ONNX Runtime thread pools do not survive fork()).
+Created inside each gunicorn worker after the fork (ONNX Runtime thread pools do not survive fork()). Even
+importing this module belongs after the fork: `import onnxruntime` starts a native background thread owned by a
+C++ static, and a forked child that inherits the static without the thread aborts at exit() when the static's
+destructor joins it ("terminate called ... std::system_error: Invalid argument", issue 12). So the gunicorn
+master never imports it (service/registry.py imports it in `load`, which only workers run).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from service.errors import NotReady
 
 log = logging.getLogger(__name__)
 _shared_arena_lock = threading.Lock()
@@ -29,6 +35,13 @@ def _register_shared_cpu_arena() -> None:
             info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
             ort.create_and_register_allocator(info, None)
             _shared_arena_registered = True
+
+
+class RuntimeClosed(NotReady):
+    """The sessions were released because the worker is stopping (503: the client retries elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__("this worker is stopping; retry the request", retry_after=2)
 
 
 class OrtRuntime:
@@ -69,6 +82,15 @@ class OrtRuntime:
         self.graphs = [(set(outputs), self._open(model)) for outputs, model in prefixes]
         self.graphs.append(({o.name for o in self.session.get_outputs()}, self.session))
 
+    def close(self) -> None:
+        """Release every session now, each joining its intra-op threads, while the interpreter is still whole.
+
+        Idempotent. A run already under way holds its own reference and finishes first; later calls get
+        RuntimeClosed instead of a session.
+        """
+        self.graphs = []
+        self.session = None
+
     def _open(self, model) -> ort.InferenceSession:
         return ort.InferenceSession(model, self.options, providers=self.requested)
 
@@ -77,6 +99,8 @@ class OrtRuntime:
         return self.providers[0]
 
     def session_for(self, outputs: list[str]) -> ort.InferenceSession:
+        if not self.graphs:
+            raise RuntimeClosed()
         wanted = set(outputs)
         return next(session for names, session in self.graphs if wanted <= names)
 
