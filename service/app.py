@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
-import uuid
 
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import logs, metrics
+from service.decode_budget import DecodeBudget
 from service.errors import ProblemError, Unauthorized
 from service.picture_routes import PAGE_PATHS, pictures
 from service.registry import Registry
@@ -26,7 +25,6 @@ log = logging.getLogger("service")
 access = logging.getLogger("service.access")
 OPEN_PATHS = {"/healthz", "/readyz", *PAGE_PATHS}  # probes and the data-free page stay reachable without the API key
 FORM_OPTION_PARTS = 64  # multipart parts allowed beyond the images, for options sent as repeated fields
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings | None = None, load_in_background: bool = False) -> Flask:
@@ -38,6 +36,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_images + FORM_OPTION_PARTS  # images plus option fields
     app.extensions["registry"] = registry
+    app.extensions["decode_budget"] = DecodeBudget(settings.decode_budget_mb * 1_000_000, settings.decode_wait)
     app.register_blueprint(api)
     app.register_blueprint(pictures)
     _install_request_ids(app)
@@ -57,8 +56,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
 def _install_request_ids(app: Flask) -> None:
     @app.before_request
     def assign_request_id():
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = logs.request_id_from(request.headers.get("X-Request-ID"))
 
     @app.after_request
     def return_request_id(response):
@@ -119,7 +117,7 @@ def _problem(error: ProblemError):
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     if error.status == 503:
-        response.headers["Retry-After"] = "2"
+        response.headers["Retry-After"] = str(error.extensions.get("retry_after", 2))
     metrics.ERRORS.labels(str(error.status), error.title).inc()
     level = logging.WARNING if error.status >= 500 else logging.INFO
     log.log(level, "request %s %s %s -> %d %s", request_id, request.method, request.path, error.status, error.detail)

@@ -29,6 +29,7 @@ class FramingError(Exception):
         self.status = status
         self.detail = detail
         self.extensions = extensions
+        self.request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Head:
     """What framing needs from a header block."""
 
     size: int  # bytes of the request line and headers, blank line included
+    request_id: str | None
     version: tuple[int, int]
     content_length: int | None
     chunked: bool
@@ -59,13 +61,25 @@ def parse_head(block: bytes, max_body_bytes: int) -> Head:
         if not colon or not _TOKEN.fullmatch(name):
             raise FramingError(400, f"malformed header line {_show(line)}")  # folding and spaces before ':' too
         fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
+    request_id = fields.get(b"x-request-id", [b""])[0].decode("latin-1") or None
+    try:
+        return _framed(fields, version, len(block), request_id, max_body_bytes)
+    except FramingError as exc:
+        exc.request_id = request_id  # so the refusal echoes it, as the app's answers do
+        raise
+
+
+def _framed(
+    fields: dict[bytes, list[bytes]], version: tuple[int, int], size: int, request_id: str | None, max_body_bytes: int
+) -> Head:
     content_length = _content_length(fields.get(b"content-length", []))
     chunked = _chunked(fields.get(b"transfer-encoding"), version)
     if chunked and content_length is not None:
         raise FramingError(400, "both Content-Length and Transfer-Encoding are given; send one")
     if content_length is not None and content_length > max_body_bytes:
         raise _too_large(f"Content-Length {content_length}", max_body_bytes)
-    return Head(len(block), version, content_length, chunked, _expects_continue(fields.get(b"expect", []), version))
+    expect_continue = _expects_continue(fields.get(b"expect", []), version)
+    return Head(size, request_id, version, content_length, chunked, expect_continue)
 
 
 def _content_length(values: list[bytes]) -> int | None:

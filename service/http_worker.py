@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from functools import partial
+from http import HTTPStatus
 
 import orjson
 from gunicorn import util
@@ -29,6 +30,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service.framing import FramingError, RequestFramer
+from service.logs import request_id_from
 from service.settings import Settings
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; gunicorn's finer per-line limits still apply after
@@ -45,14 +47,14 @@ _CLIENT_ERROR_STATUS = {  # gunicorn's parser exceptions -> status; any other is
 }
 
 
-def problem_bytes(status: int, detail: str, **extensions: object) -> bytes:
-    """A complete HTTP/1.1 problem+json response that closes the connection."""
-    from http import HTTPStatus
-
+def problem_bytes(status: int, detail: str, request_id: str | None = None, **extensions: object) -> bytes:
+    """A complete HTTP/1.1 problem+json response that closes the connection, with a request id like the app's."""
     title = HTTPStatus(status).phrase
-    body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extensions})
+    request_id = request_id_from(request_id)
+    problem = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extensions}
+    body = orjson.dumps({**problem, "request_id": request_id})
     head = (f"HTTP/1.1 {status} {title}\r\nContent-Type: application/problem+json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\nConnection: close\r\n\r\n")  # fmt: skip
     return head.encode("latin-1") + body
 
 
@@ -144,6 +146,13 @@ class BufferingWorker(ThreadWorker):
         self.receiving: set[BufferedConn] = set()  # waiting for (the rest of) a request, or lingering closed
         self._idle_capped = False  # on stop, idle connections were given their last moments
 
+    def init_process(self):
+        """After the fork: give freed image memory back to the OS (service/memory.py), then gthread's set-up."""
+        from service import memory
+
+        memory.tune_malloc()
+        super().init_process()
+
     # --- the event loop: receive, frame, dispatch ----------------------------------------------------------
 
     def accept(self, listener):
@@ -186,8 +195,8 @@ class BufferingWorker(ThreadWorker):
         try:
             used = conn.framer.feed(data)
         except FramingError as exc:
-            self._refuse(conn, exc.status, exc.detail, "too_large" if exc.status == 413 else "malformed",
-                         **exc.extensions)  # fmt: skip
+            reason = "too_large" if exc.status == 413 else "malformed"
+            self._refuse(conn, exc.status, exc.detail, reason, exc.request_id, **exc.extensions)
             return
         conn.store.write(data[:used])
         conn.leftover = data[used:]
@@ -225,10 +234,13 @@ class BufferingWorker(ThreadWorker):
 
     # --- refusing and closing, without blocking the loop ---------------------------------------------------
 
-    def _refuse(self, conn: BufferedConn, status: int, detail: str, reason: str, **extensions: object) -> None:
-        self.log.info("refused request from %s: %d %s", conn.client[0] if conn.client else "?", status, detail)
+    def _refuse(self, conn: BufferedConn, status: int, detail: str, reason: str, request_id: str | None = None,
+                **extensions: object) -> None:  # fmt: skip
+        request_id = request_id_from(request_id or (conn.framer.head.request_id if conn.framer.head else None))
+        self.log.info("refused request %s from %s: %d %s", request_id, conn.client[0] if conn.client else "?",
+                      status, detail)  # fmt: skip
         _count_refusal(reason)
-        self._send_quietly(conn, problem_bytes(status, detail, **extensions))
+        self._send_quietly(conn, problem_bytes(status, detail, request_id, **extensions))
         self._linger(conn)
 
     def _linger(self, conn: BufferedConn) -> None:

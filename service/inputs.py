@@ -14,7 +14,8 @@ import orjson
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service.errors import BadRequest, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
+from service.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
+from service.errors import BadRequest, NotReady, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 from service.images import ImageError, load_tensor
 from service.manifest import Manifest
 
@@ -157,8 +158,13 @@ def _tensor(spec, index: int) -> np.ndarray:
     return array
 
 
-def to_batch(inputs: list[Input], manifest: Manifest, max_pixels: int) -> np.ndarray:
-    """Decode and preprocess every input into one float32 batch; the first bad one fails with its index."""
+def to_batch(
+    inputs: list[Input], manifest: Manifest, max_pixels: int, budget: DecodeBudget | None = None
+) -> np.ndarray:
+    """Decode and preprocess every input into one float32 batch; the first bad one fails with its index.
+
+    With a budget, each image reserves what decoding it costs: one that could never fit is a 413, one that
+    cannot get its bytes within the budget's wait a 503 (the server is busy, the image is fine)."""
     expected = list(manifest.onnx.input_shape)
     tensors = []
     for index, item in enumerate(inputs):
@@ -169,9 +175,13 @@ def to_batch(inputs: list[Input], manifest: Manifest, max_pixels: int) -> np.nda
                 raise BadRequest(detail, index=index)
             tensors.append(item.tensor)
             continue
+        label = f"image {index}" + (f" ({item.name})" if item.name else "")
         try:
-            tensors.append(load_tensor(item.image, manifest.preprocess, max_pixels))
+            tensors.append(load_tensor(item.image, manifest.preprocess, max_pixels, budget))
+        except ImageTooCostly as exc:
+            raise PayloadTooLarge(f"{label}: {exc}", index=index, limit=exc.limit) from None
+        except DecodeBusy as exc:
+            raise NotReady(f"{label}: {exc}", index=index, retry_after=exc.retry_after_s) from None
         except ImageError as exc:
-            label = f"image {index}" + (f" ({item.name})" if item.name else "")
             raise UnprocessableImage(f"{label}: {exc}", index=index) from None
     return np.stack(tensors)

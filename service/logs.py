@@ -7,6 +7,8 @@ The access log is written by the app (logger `service.access`) because only the 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from datetime import UTC, datetime
 
 import orjson
@@ -14,6 +16,12 @@ import orjson
 # attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_from(header: str | None) -> str:
+    """A client's X-Request-ID when it is safe to echo and log, else a fresh one."""
+    return header if header and _REQUEST_ID.match(header) else uuid.uuid4().hex
 
 
 class JsonFormatter(logging.Formatter):

@@ -17,7 +17,7 @@ from service.inputs import parse_request, to_batch
 from service.manifest import Layer
 from service.pictures import MAP_ALPHA, MapsCaption, activation_grid, filter_grid, input_pixels, png_bytes
 from service.registry import LoadedModel
-from service.routes import _model, _registry, json_response
+from service.routes import _model, _registry, decode_budget, json_response
 
 pictures = Blueprint("pictures", __name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -110,7 +110,7 @@ def maps(model_name: str, layer_name: str):
     k, alpha = maps_options(raw_options)  # query-string options are already merged in, conflicts refused
     if len(inputs) != 1:
         raise BadRequest(f"maps.png draws one image; the request holds {len(inputs)}")
-    batch = to_batch(inputs, model.manifest, registry.settings.max_pixels)
+    batch = to_batch(inputs, model.manifest, registry.settings.max_pixels, decode_budget())
     (activations,) = model.runtime.run([layer.outputs["none"]], batch)
     check_finite([activations], [layer.outputs["none"]])
     background = input_pixels(batch[0], model.manifest.preprocess)

@@ -9,6 +9,7 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from service import metrics
+from service.decode_budget import DecodeBudget
 from service.errors import NotFound, NotReady
 from service.features import extract, parse_options, select_layers
 from service.inputs import parse_request, to_batch
@@ -24,6 +25,11 @@ def json_response(body, status: int = 200) -> Response:
 
 def _registry() -> Registry:
     return current_app.extensions["registry"]
+
+
+def decode_budget() -> DecodeBudget:
+    """This worker's decode budget, shared by its request threads (made in create_app)."""
+    return current_app.extensions["decode_budget"]
 
 
 def _model(name: str) -> LoadedModel:
@@ -132,7 +138,7 @@ def features(model_name: str):
     select_layers(model.manifest, options)  # unknown layers fail before any decoding work
     parsed = time.perf_counter()
     with model.batcher.expecting():  # lets the batcher wait for this request while it decodes
-        batch = to_batch(inputs, model.manifest, settings.max_pixels)
+        batch = to_batch(inputs, model.manifest, settings.max_pixels, decode_budget())
         decoded = time.perf_counter()
         results = extract(model.batcher, model.manifest, batch, options)
     computed = time.perf_counter()

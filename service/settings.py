@@ -34,6 +34,8 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_images: int = 32
     max_pixels: int = 40_000_000
+    decode_budget_mb: int = 1024  # per worker: MB of image decoding at once (service/decode_budget.py)
+    decode_wait: int = 10  # seconds a decode may wait for budget before the client is told to retry (503)
     api_key: str | None = None
     timeout: int = 60
     # slow clients (service/http_worker.py): a request is read in the event loop and must arrive in time
@@ -87,6 +89,8 @@ class Settings:
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
             max_images=integer("MAX_IMAGES", defaults.max_images, 1),
             max_pixels=integer("MAX_PIXELS", defaults.max_pixels, 1),
+            decode_budget_mb=integer("DECODE_BUDGET_MB", defaults.decode_budget_mb, 1),
+            decode_wait=integer("DECODE_WAIT", defaults.decode_wait, 0),
             api_key=_api_key(env),
             timeout=integer("TIMEOUT", defaults.timeout, 1),
             header_timeout=integer("HEADER_TIMEOUT", defaults.header_timeout, 1),
