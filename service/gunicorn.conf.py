@@ -1,13 +1,16 @@
 """gunicorn settings, all from FEATURES_* environment variables (service/settings.py), and the reasoning.
 
-- gthread workers, 1 per machine by default: one process holds one copy of the model sessions (0.5 GB for
-  EfficientNet-Lite0 with its sub-graphs); its threads decode requests while the micro-batcher thread runs ONNX
+- Buffering gthread workers (service/http_worker.py: each request is read whole in the event loop, with
+  deadlines, before a thread sees it, so slow clients never hold a thread), 1 per machine by default: one
+  process holds one copy of the model sessions (0.5 GB for EfficientNet-Lite0 with its sub-graphs); its threads decode requests while the micro-batcher thread runs ONNX
   Runtime, whose C++ code releases the GIL. So one worker keeps every core busy with no duplicated memory.
   More workers only pay when Python (JSON, request parsing) becomes the bottleneck: then set FEATURES_WORKERS,
   and ONNX Runtime's intra-op threads drop to cores / workers so the machine is never oversubscribed.
 - 8 threads per worker: enough requests in flight to fill a micro-batch while others decode.
 - On a GPU, 1 worker is right as well: one CUDA context and one copy of the weights, the batcher feeds it.
-- No preload_app: ONNX Runtime sessions and their thread pools must be created after the fork.
+- No preload_app: ONNX Runtime sessions and their thread pools must be created after the fork, and the
+  master must not even import onnxruntime (its import starts a native thread that fork() does not copy;
+  service/registry.py).
 - Prometheus multiprocess mode: its directory is set and emptied in the master before any worker starts, and a
   dead worker's live gauges are dropped in child_exit.
 """
