@@ -2,8 +2,9 @@
 
 - Buffering gthread workers (service/http_worker.py: each request is read whole in the event loop, with
   deadlines, before a thread sees it, so slow clients never hold a thread), 1 per machine by default: one
-  process holds one copy of the model sessions (0.5 GB for EfficientNet-Lite0 with its sub-graphs); its threads decode requests while the micro-batcher thread runs ONNX
-  Runtime, whose C++ code releases the GIL. So one worker keeps every core busy with no duplicated memory.
+  process holds one copy of the model sessions (0.5 GB for EfficientNet-Lite0 with its sub-graphs); its
+  threads decode requests while the micro-batcher thread runs ONNX Runtime, whose C++ code releases the GIL.
+  So one worker keeps every core busy with no duplicated memory.
   More workers only pay when Python (JSON, request parsing) becomes the bottleneck: then set FEATURES_WORKERS,
   and ONNX Runtime's intra-op threads drop to cores / workers so the machine is never oversubscribed.
 - 8 threads per worker: enough requests in flight to fill a micro-batch while others decode.
