@@ -125,5 +125,10 @@ class Registry:
             if model.runtime is not None and model.runtime.graphs:
                 model.runtime.close()
                 released += 1
-        if released:
+        if released and _logging_open():
             log.info("closed %d model(s): batchers stopped, sessions released", released)
+
+
+def _logging_open() -> bool:
+    """At exit an embedding program (a test runner) may have closed the stream the root logger writes to."""
+    return not any(getattr(getattr(h, "stream", None), "closed", False) for h in logging.getLogger().handlers)

@@ -138,6 +138,7 @@ def test_a_client_that_does_not_read_its_response_frees_the_thread(strict_server
     # full low-level maps of 3 images: about 12 MB of JSON, more than loopback's socket buffers hold
     body = json.dumps({"inputs": [{"image": image}] * 3, "levels": "low", "pooling": "none"}).encode()
     stalled = []
+    before = send_timeouts(strict_server.url)
     for _ in range(threads + 2):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -149,6 +150,12 @@ def test_a_client_that_does_not_read_its_response_frees_the_thread(strict_server
         started = time.monotonic()
         assert requests.get(strict_server.url + "/healthz", timeout=30).status_code == 200
         waited = time.monotonic() - started
+        # read nothing until the server has given up on every one of them (reading earlier would let a late
+        # answer go out whole); the metric counts each connection dropped for its send timeout
+        deadline = time.monotonic() + 120
+        while send_timeouts(strict_server.url) < before + len(stalled):
+            assert time.monotonic() < deadline, "the server never gave up on the clients that do not read"
+            time.sleep(0.2)
         for sock in stalled:  # the server gave up on each: reading now ends in a close, not the full answer
             sock.settimeout(30)
             answer = read_until_closed(sock)
@@ -159,6 +166,11 @@ def test_a_client_that_does_not_read_its_response_frees_the_thread(strict_server
     finally:
         for sock in stalled:
             sock.close()
-    metrics = requests.get(strict_server.url + "/metrics", timeout=10).text
     print(f"\n[{len(stalled)} clients not reading] /healthz answered after {waited:.2f} s")
-    assert 'features_http_refused_total{reason="send_timeout"}' in metrics
+
+
+def send_timeouts(url: str) -> float:
+    """features_http_refused_total{reason="send_timeout"} of the server (0 before the first)."""
+    metrics = requests.get(url + "/metrics", timeout=30).text
+    found = re.search(r'^features_http_refused_total\{reason="send_timeout"\} ([0-9.e+]+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
