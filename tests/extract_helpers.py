@@ -11,6 +11,7 @@ racing it (see pausing_cli).
 from __future__ import annotations
 
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,11 @@ def pausing_cli(argv: list[str]) -> int:
     """
     from service.extract.__main__ import main
     from service.extract.writers import JobOutput
+
+    # A process started in the background by a shell without job control (`cmd &` in a script, nohup, some CI
+    # runners) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the interrupt
+    # the test sends would be dropped and the held run would wait for ever. The test wants Ctrl-C's behaviour.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     batches, args = int(argv[0]), argv[1:]
     write = JobOutput.write

@@ -222,7 +222,12 @@ def start_and_stop(args: list, out: Path, stop: signal.Signals, batches: int) ->
     assert process.poll() is None, f"the run ended before it could be stopped: {process.communicate()}"
     assert journal_entries(out) == expected, f"no {expected} journal entries after 300 s"
     process.send_signal(stop)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        raise AssertionError(f"the run did not end within 120 s of {stop.name}; its stderr:\n{stderr}") from None
     return process.returncode, stderr
 
 

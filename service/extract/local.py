@@ -100,6 +100,8 @@ class LocalEngine:
 
     def __exit__(self, *exc_info) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.model is not None:  # sessions released now, not by ONNX Runtime's C++ destructors at exit()
+            self.model.runtime.close()
 
     def batches(self, pending: list[int]) -> Iterator[BatchResult]:
         """Results in row order, while the next `workers + 1` batches are being decoded."""
