@@ -187,10 +187,16 @@ _ERRORS = {
     "400": _problem("bad option, malformed JSON or bad tensor"),
     "401": _problem("API key required"),
     "404": _problem("unknown model or layer (the problem lists valid names)"),
-    "413": _problem("body or number of inputs above the limit"),
+    "413": _problem(
+        "body, number of inputs, form parts or an image's decoding memory above its limit (`limit` names it); "
+        "the worker also answers 408 (request not received in time), 417 and 431 before the app sees a request"
+    ),
     "415": _problem("unsupported Content-Type"),
-    "422": _problem("an image could not be decoded (the problem names its index)"),
-    "503": _problem("models are still loading"),
+    "422": _problem(
+        "an image could not be decoded, is of an undocumented format, or makes the network overflow (the problem "
+        "names its index)"
+    ),
+    "503": _problem("models failed to load, the worker is stopping, or decoding memory is busy (see Retry-After)"),
 }
 
 
