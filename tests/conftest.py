@@ -61,6 +61,27 @@ def photo(name: str):
     return load(name)
 
 
+def photo_jpeg(name: str = "chelsea", quality: int = 90) -> bytes:
+    """A scikit-image photo as JPEG bytes, as a client would upload it."""
+    import io
+
+    buffer = io.BytesIO()
+    photo(name).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    """Poll `predicate` every 50 ms; returns the seconds it took (a liveness bound, not a timing assert)."""
+    import time
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
 def top5(logits: np.ndarray, labels: list[str]) -> list[str]:
     return [labels[i] for i in np.argsort(-logits)[:5]]
 

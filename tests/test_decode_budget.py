@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from service.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
+from tests.conftest import wait_until
 
 
 def test_budget_refuses_at_once_what_can_never_fit():
@@ -48,19 +48,12 @@ def test_budget_serves_first_come_first_served():
 
     big = threading.Thread(target=take, args=("big", 90))
     big.start()
-    wait_until(lambda: budget.waiting == 1)
+    wait_until(lambda: budget.waiting == 1, 5, "the big reservation to queue")
     small = threading.Thread(target=take, args=("small", 20))  # 40 bytes are free, but "big" came first
     small.start()
-    wait_until(lambda: budget.waiting == 2)
+    wait_until(lambda: budget.waiting == 2, 5, "the small reservation to queue")
     assert order == [] and budget.free_bytes == 40
     blocker.__exit__(None, None, None)  # "big" goes; "small" (20 > the 10 left) waits until "big" is done
     big.join(5)
     small.join(5)
     assert order == ["big", "small"] and budget.free_bytes == 100
-
-
-def wait_until(condition, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)

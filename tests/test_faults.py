@@ -4,7 +4,6 @@ SIGKILLed under load, nginx's own errors as problem+json. Figures are printed (`
 from __future__ import annotations
 
 import http.client
-import io
 import itertools
 import json
 import os
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import Server, free_port, photo
+from tests.conftest import Server, free_port, photo_jpeg, wait_until
 from tests.deploy_files import Nginx, worker_pids
 
 pytestmark = pytest.mark.integration
@@ -28,9 +27,7 @@ CLIENT_THREADS = 4
 
 @pytest.fixture(scope="module")
 def jpeg() -> bytes:
-    buffer = io.BytesIO()
-    photo("chelsea").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return photo_jpeg()
 
 
 @dataclass
@@ -114,16 +111,6 @@ def assert_same_embeddings(outcomes: list[Outcome]) -> None:
         np.testing.assert_allclose(answer, answers[0], rtol=1e-5, atol=1e-5)
 
 
-def wait_until(predicate, timeout: float, what: str) -> float:
-    """Poll `predicate` every 50 ms; returns the seconds it took (a liveness bound, not a timing assert)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
-
-
 def settle(url: str, body: bytes, timeout: float = 120) -> None:
     """Wait until 20 feature requests in a row succeed, each on a new connection, so each lands on any worker:
     /readyz answers from one worker only, and another may still be loading its model (503)."""
@@ -135,6 +122,15 @@ def settle(url: str, body: bytes, timeout: float = 120) -> None:
         return streak[0] >= 20
 
     wait_until(settled, timeout, "20 successful requests in a row")
+
+
+def two_settled_workers(server: Server, body: bytes) -> tuple[int, set[int]]:
+    """Wait until `server` runs two workers that both answer; (master pid, worker pids)."""
+    server.wait_ready()
+    master = server.process.pid
+    wait_until(lambda: len(worker_pids(master)) == 2, 30, "two workers running")
+    settle(server.url, body)
+    return master, set(worker_pids(master))
 
 
 def ready(url: str) -> bool:
@@ -235,11 +231,7 @@ def test_sigkilled_worker_is_replaced_and_the_service_keeps_answering(models_dir
     else:
         server = Server(models_dir, "--workers", "2", FEATURES_ORT_THREADS="1")
     try:
-        server.wait_ready()
-        master = server.process.pid
-        wait_until(lambda: len(worker_pids(master)) == 2, 30, "two workers running")
-        settle(server.url, jpeg)
-        before = set(worker_pids(master))
+        master, before = two_settled_workers(server, jpeg)
         victim = min(before)
         forked: list[float] = []
 
@@ -277,11 +269,7 @@ def test_reload_by_sighup_under_load_fails_no_request(models_dir, jpeg):
     accept, the old ones finish what they hold, so clients see no error at all."""
     server = Server(models_dir, "--workers", "2", FEATURES_ORT_THREADS="1")
     try:
-        server.wait_ready()
-        master = server.process.pid
-        wait_until(lambda: len(worker_pids(master)) == 2, 30, "two workers running")
-        settle(server.url, jpeg)
-        before = set(worker_pids(master))
+        master, before = two_settled_workers(server, jpeg)
         replaced: list[float] = []
 
         def reload_and_watch():

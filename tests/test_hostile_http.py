@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import io
 import json
 import random
 import socket
@@ -23,7 +22,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server, photo
+from tests.conftest import Server, photo_jpeg
 from tests.deploy_files import worker_pids
 
 pytestmark = pytest.mark.integration
@@ -34,13 +33,7 @@ MAX_BODY = 3_000_000  # the session server's FEATURES_MAX_BODY_BYTES (tests/conf
 MAX_IMAGES = 8
 
 
-def jpeg_bytes() -> bytes:
-    buffer = io.BytesIO()
-    photo("chelsea").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-JPEG = jpeg_bytes()
+JPEG = photo_jpeg()
 
 
 def exchange(port: int, raw: bytes, method: str = "GET", timeout: float = 30) -> http.client.HTTPResponse | None:

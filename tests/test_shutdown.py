@@ -13,13 +13,10 @@ Nothing here waits a fixed time for an outcome: each step waits on a condition, 
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import closing, suppress
 from pathlib import Path
@@ -29,7 +26,7 @@ import pytest
 import requests
 
 from service.batcher import BatcherClosed, MicroBatcher
-from tests.conftest import Server, photo
+from tests.conftest import Server, photo_jpeg, wait_until
 from tests.deploy_files import worker_pids
 
 pytestmark = pytest.mark.integration
@@ -39,20 +36,6 @@ FEATURES_PATH = f"/v1/models/{MODEL}/features"
 IN_FLIGHT_IMAGES = 8
 DEADLINE_S = 90  # far above graceful_timeout (30 s): only a hung shutdown reaches it
 LOG_FORBIDDEN = ("terminate called", "SIGABRT", "SIGSEGV", "was sent", "exited with code", "Traceback")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def jpeg(name: str) -> bytes:
-    buffer = io.BytesIO()
-    photo(name).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------ real gunicorn
@@ -105,7 +88,7 @@ def assert_clean_exit(log: str, master_status: int, workers: list[int]) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_stops_every_worker_cleanly(models_dir: Path, workers: int) -> None:
-    cat, coffee = jpeg("chelsea"), jpeg("coffee")
+    cat, coffee = photo_jpeg("chelsea", quality=75), photo_jpeg("coffee", quality=75)
     server = Server(models_dir, FEATURES_WORKERS=str(workers), FEATURES_MAX_IMAGES=str(IN_FLIGHT_IMAGES))
     try:
         server.wait_ready(timeout=DEADLINE_S)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import re
 import socket
@@ -20,7 +19,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import Server, photo
+from tests.conftest import Server, photo_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +31,7 @@ BODY_TIMEOUT = 5
 
 @pytest.fixture(scope="module")
 def jpeg() -> bytes:
-    buffer = io.BytesIO()
-    photo("chelsea").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return photo_jpeg()
 
 
 @pytest.fixture(scope="module")
