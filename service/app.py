@@ -131,12 +131,13 @@ def _install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        detail = error.description or error.name
-        if error.code == 413:
-            detail = f"request body is larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
+        detail, extensions = error.description or error.name, {}
+        if error.code == 413:  # werkzeug's only other 413s (form limits) are named in service/inputs.py
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            detail, extensions = f"request body is larger than the limit of {limit} bytes", {"limit": limit}
         if error.code == 404:
             detail = f"no route {request.path}; see /openapi.json"
-        response = _problem(ProblemError(detail, status=error.code or 500))
+        response = _problem(ProblemError(detail, status=error.code or 500, **extensions))
         if error.code == 405:
             response.headers["Allow"] = ", ".join(error.valid_methods or [])
         return response

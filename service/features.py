@@ -139,9 +139,10 @@ def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOpti
     """Per input: {level: {layer: encoded array}} for the requested layers, in input order."""
     layers = select_layers(manifest, options)
     names = [output_name(layer, options.pooling) for layer in layers]
-    outputs = runtime.run(list(dict.fromkeys(names)), batch)
-    check_finite(outputs, list(dict.fromkeys(names)))
-    by_name = dict(zip(dict.fromkeys(names), outputs, strict=True))
+    unique = list(dict.fromkeys(names))
+    outputs = runtime.run(unique, batch)
+    check_finite(outputs, unique)
+    by_name = dict(zip(unique, outputs, strict=True))
     results = []
     for index in range(len(batch)):
         features: dict[str, dict] = {}

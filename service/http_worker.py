@@ -96,22 +96,20 @@ class BufferedConn(TConn):
     def __init__(self, cfg, sock, client, server, limits: Settings):
         super().__init__(cfg, sock, client, server)
         self.limits = limits
-        self.framer = RequestFramer(MAX_HEAD_BYTES, limits.max_body_bytes)
-        self.store = _new_store()
+        self.store = None
         self.leftover = b""  # bytes of a pipelined next request, read with the previous one
-        self.deadline = 0.0
-        self.head_started: float | None = None
-        self.body_started: float | None = None
-        self.continued = False
         self.lingering = False
+        self.expect_next_request(limits.header_timeout)
 
     def expect_next_request(self, idle_seconds: float) -> None:
         """Start over for the next request on this connection (a new one, or kept alive)."""
         self.framer = RequestFramer(MAX_HEAD_BYTES, self.limits.max_body_bytes)
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
         self.store = _new_store()
         self.deadline = time.monotonic() + idle_seconds
-        self.head_started = self.body_started = None
+        self.head_started: float | None = None
+        self.body_started: float | None = None
         self.continued = False
 
     def update_deadline(self) -> None:
@@ -164,7 +162,6 @@ class BufferingWorker(ThreadWorker):
             return
         self.nr_conns += 1
         conn = BufferedConn(self.cfg, client_sock, client_addr, listener.getsockname(), self.limits)
-        conn.expect_next_request(self.limits.header_timeout)
         self._receive(conn)
 
     def _receive(self, conn: BufferedConn) -> None:

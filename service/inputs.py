@@ -72,6 +72,9 @@ def _multipart(request: Request, max_images: int) -> tuple[list[Input], dict[str
     try:
         files, form = request.files, request.form
     except RequestEntityTooLarge:
+        limit = request.max_content_length
+        if limit is not None and request.content_length is not None and request.content_length > limit:
+            raise  # the body limit: the app's handler names it, as for every other body
         raise _form_too_large(request) from None
     unexpected = sorted(set(files) - {"image"})
     if unexpected:
@@ -87,10 +90,7 @@ def _multipart(request: Request, max_images: int) -> tuple[list[Input], dict[str
 
 
 def _form_too_large(request: Request) -> PayloadTooLarge:
-    """Werkzeug raises the same 413 for three limits; name the one that was hit."""
-    limit = request.max_content_length
-    if limit is not None and request.content_length is not None and request.content_length > limit:
-        return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes", limit=limit)
+    """Werkzeug raises one 413 for the body, part-count and field-size limits; this names the form's two."""
     parts, field = request.max_form_parts, request.max_form_memory_size
     return PayloadTooLarge(
         f"the form has more than {parts} parts or a text field above {field} bytes; send images in 'image' "
