@@ -145,15 +145,12 @@ class RequestFramer:
         start = max(0, len(self._held) - 3)  # the blank line may straddle two reads
         self._held += data
         end = self._held.find(b"\r\n\r\n", start)
-        if end < 0:
-            if len(self._held) > self.max_head_bytes:
-                raise FramingError(431, f"request line and headers exceed {self.max_head_bytes} bytes",
-                                   limit=self.max_head_bytes)  # fmt: skip
-            return len(data)
-        size = end + 4
+        size = end + 4 if end >= 0 else len(self._held)  # the head, or what has come of it so far
         if size > self.max_head_bytes:
             raise FramingError(431, f"request line and headers exceed {self.max_head_bytes} bytes",
                                limit=self.max_head_bytes)  # fmt: skip
+        if end < 0:
+            return len(data)
         used = len(data) - (len(self._held) - size)
         self.head = parse_head(bytes(self._held[:size]), self.max_body_bytes)
         self._held.clear()
