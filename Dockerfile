@@ -24,8 +24,8 @@ RUN python requirements.py --extra export --only torch > torch.txt \
  && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu -r torch.txt \
  && python requirements.py --extra export > export.txt \
  && pip install --no-cache-dir -r export.txt
+COPY engine ./engine
 COPY exporter ./exporter
-COPY service ./service
 RUN python -m exporter zoo efficientnet_lite0 --out /models
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -56,6 +56,7 @@ RUN python /tmp/build/requirements.py --variant "${VARIANT}" --onnxruntime-gpu "
  && pip install --no-cache-dir -r /tmp/build/requirements.txt \
  && rm -rf /tmp/build \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin features
+COPY engine ./engine
 COPY service ./service
 COPY --from=export /models /models
 # GUNICORN_CMD_ARGS: worker heartbeat files in RAM (an overlay-filesystem /tmp can stall them; gunicorn docs).

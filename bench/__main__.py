@@ -5,7 +5,7 @@ One run, same photos, same model (EfficientNet-Lite0, exported if missing), pool
   2. service: the repo's gunicorn config at concurrency 1, 8, 32 with raw, multipart and base64-JSON bodies;
   3. hand-written Flask + ONNX Runtime route; 4. hand-written Flask + PyTorch eager route;
   5. early layers only vs all levels; full maps of one low layer as JSON vs base64 float16;
-  6. batch extraction (python -m service.extract, local engine) of a folder of copies of the photos.
+  6. batch extraction (python -m extract, local engine) of a folder of copies of the photos.
 Load comes from wrk in its own process. Results: results.json, results.md and chart.png in --out.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import onnxruntime
 
 from bench import ceiling, load, photos, report, servers, verify
-from service.manifest import load_manifest
+from engine.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
@@ -118,10 +118,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def batch_extract(models_dir: Path, work: Path, seconds: float) -> dict:
-    """python -m service.extract's local engine on copies of the photos, sized to run about `seconds`."""
+    """python -m extract's local engine on copies of the photos, sized to run about `seconds`."""
     import shutil
 
-    from service.extract import run as extract
+    from extract import run as extract
 
     folder = work / "collection"
     folder.mkdir()

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 
-from service.features import output_name
-from service.images import load_tensor
-from service.manifest import Manifest
+from engine.features import output_name
+from engine.images import load_tensor
+from engine.manifest import Manifest
 
 
 def session_and_outputs(manifest: Manifest, model_path: str, threads: int) -> tuple[ort.InferenceSession, list[str]]:

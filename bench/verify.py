@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from bench.ceiling import session_and_outputs
-from service.images import load_tensor
-from service.manifest import Manifest
+from engine.images import load_tensor
+from engine.manifest import Manifest
 
 
 def _features(url: str, image: bytes, query: str) -> dict[str, np.ndarray]:

@@ -11,8 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from engine.manifest import Preprocess, load_manifest
 from exporter.errors import ExportError
-from service.manifest import Preprocess, load_manifest
 
 DEFAULT_OUT = Path("exported_models")
 

@@ -20,12 +20,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from engine.manifest import (
+    LEVELS,
+    Layer,
+    Manifest,
+    ManifestError,
+    OnnxInfo,
+    Preprocess,
+    Source,
+    load_manifest,
+    sha256_of,
+)
 from exporter import OPSET
 from exporter.errors import ExportError
 from exporter.onnx_expose import add_pooled, image_input, output_name
 from exporter.receptive_field import analyse
 from exporter.verify import compare, photo_batch, session, with_pooled
-from service.manifest import LEVELS, Layer, Manifest, OnnxInfo, Preprocess, Source, load_manifest, sha256_of
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ONNX_FILE = "model.onnx"
@@ -60,7 +70,7 @@ def is_current(out_root: Path, name: str) -> bool:
     try:
         manifest = load_manifest(directory / MANIFEST_FILE)
         return sha256_of(directory / manifest.onnx.file) == manifest.onnx.sha256
-    except (OSError, ValueError):
+    except (OSError, ManifestError):
         return False
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from engine.manifest import LEVELS, Preprocess, Source
 from exporter.build import LayerPlan, check_name, finish, run_all
 from exporter.errors import ExportError
 from exporter.onnx_expose import auto_layers, check_tensors, expose, image_input
 from exporter.verify import session
-from service.manifest import LEVELS, Preprocess, Source
 
 
 def _torch_reference(model, taps):

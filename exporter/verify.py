@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from engine.images import preprocess_image
+from engine.manifest import Preprocess, Verification
 from exporter.errors import ExportError
 from exporter.onnx_expose import output_name
-from service.images import preprocess_image
-from service.manifest import Preprocess, Verification
 
 RELATIVE_TOLERANCE = 1e-4
 TOLERANCE_TEXT = "max|onnx - reference| <= 1e-4 * max(1, max|reference|) per output"

@@ -13,9 +13,9 @@ import importlib.util
 import json
 from dataclasses import dataclass
 
+from engine.manifest import Preprocess, Source
 from exporter.errors import ExportError, unknown_name
 from exporter.torch_export import Tap
-from service.manifest import Preprocess, Source
 
 
 @dataclass(frozen=True)

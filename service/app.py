@@ -13,13 +13,15 @@ import time
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
+from engine.decode_budget import DecodeBudget
+from engine.errors import FeaturesError
+from engine.registry import Registry
+from engine.settings import Settings
 from service import logs, metrics
-from service.decode_budget import DecodeBudget
-from service.errors import ProblemError, Unauthorized
 from service.picture_routes import PAGE_PATHS, pictures
-from service.registry import Registry
-from service.routes import api, json_response
-from service.settings import Settings
+from service.problems import Unauthorized, problem, problem_headers, status_of
+from service.request_steps import json_response
+from service.routes import api
 
 log = logging.getLogger("service")
 access = logging.getLogger("service.access")
@@ -110,34 +112,34 @@ def _install_auth(app: Flask, settings: Settings) -> None:
         return None
 
 
-def _problem(error: ProblemError):
+def _problem(status: int, detail: str, facts: dict | None = None):
+    """Every error answer: problem+json with the request id, counted, logged (5xx as warnings)."""
+    facts = facts or {}
     request_id = g.get("request_id")
-    response = json_response(error.to_dict(request_id), error.status)
+    body = problem(status, detail, facts, request_id)
+    response = json_response(body, status)
     response.mimetype = "application/problem+json"
-    if error.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
-    if error.status == 503:
-        response.headers["Retry-After"] = str(error.extensions.get("retry_after", 2))
-    metrics.ERRORS.labels(str(error.status), error.title).inc()
-    level = logging.WARNING if error.status >= 500 else logging.INFO
-    log.log(level, "request %s %s %s -> %d %s", request_id, request.method, request.path, error.status, error.detail)
+    response.headers.update(problem_headers(status, facts))
+    metrics.ERRORS.labels(str(status), body["title"]).inc()
+    level = logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "request %s %s %s -> %d %s", request_id, request.method, request.path, status, detail)
     return response
 
 
 def _install_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ProblemError)
-    def problem(error: ProblemError):
-        return _problem(error)
+    @app.errorhandler(FeaturesError)
+    def features_error(error: FeaturesError):
+        return _problem(status_of(error), error.detail, error.facts)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        detail, extensions = error.description or error.name, {}
+        detail, facts = error.description or error.name, {}
         if error.code == 413:  # werkzeug's only other 413s (form limits) are named in service/inputs.py
             limit = app.config["MAX_CONTENT_LENGTH"]
-            detail, extensions = f"request body is larger than the limit of {limit} bytes", {"limit": limit}
+            detail, facts = f"request body is larger than the limit of {limit} bytes", {"limit": limit}
         if error.code == 404:
             detail = f"no route {request.path}; see /openapi.json"
-        response = _problem(ProblemError(detail, status=error.code or 500, **extensions))
+        response = _problem(error.code or 500, detail, facts)
         if error.code == 405:
             response.headers["Allow"] = ", ".join(error.valid_methods or [])
         return response
@@ -145,4 +147,4 @@ def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         log.exception("request %s failed unexpectedly", g.get("request_id"))
-        return _problem(ProblemError("internal error; the request id identifies it in the server log", status=500))
+        return _problem(500, "internal error; the request id identifies it in the server log")

@@ -1,4 +1,4 @@
-"""gunicorn settings, all from FEATURES_* environment variables (service/settings.py), and the reasoning.
+"""gunicorn settings, all from FEATURES_* environment variables (engine/settings.py), and the reasoning.
 
 - Buffering gthread workers (service/http_worker.py: each request is read whole in the event loop, with
   deadlines, before a thread sees it, so slow clients never hold a thread), 1 per machine by default: one
@@ -11,7 +11,7 @@
 - On a GPU, 1 worker is right as well: one CUDA context and one copy of the weights, the batcher feeds it.
 - No preload_app: ONNX Runtime sessions and their thread pools must be created after the fork, and the
   master must not even import onnxruntime (its import starts a native thread that fork() does not copy;
-  service/registry.py).
+  engine/registry.py).
 - Prometheus multiprocess mode: its directory is set and emptied in the master before any worker starts, and a
   dead worker's live gauges are dropped in child_exit.
 """
@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.registry import Registry, StartupError
+from engine.settings import Settings, SettingsError
 from service.logs import TEXT_FORMAT, JsonFormatter
-from service.registry import Registry, StartupError
-from service.settings import Settings, SettingsError
 
 try:
     _settings = Settings.from_env()

@@ -29,9 +29,9 @@ from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from engine.settings import Settings
 from service.framing import FramingError, RequestFramer
 from service.logs import request_id_from
-from service.settings import Settings
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; gunicorn's finer per-line limits still apply after
 SPOOL_IN_MEMORY = 1024 * 1024  # a request body above this waits on disk, not in the worker's memory
@@ -145,8 +145,8 @@ class BufferingWorker(ThreadWorker):
         self._idle_capped = False  # on stop, idle connections were given their last moments
 
     def init_process(self):
-        """After the fork: give freed image memory back to the OS (service/memory.py), then gthread's set-up."""
-        from service import memory
+        """After the fork: give freed image memory back to the OS (engine/memory.py), then gthread's set-up."""
+        from engine import memory
 
         memory.tune_malloc()
         super().init_process()

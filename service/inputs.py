@@ -1,5 +1,5 @@
-"""The HTTP edge of a feature request: multipart, JSON (base64 images or tensors) or a raw image body
--> a list of inputs and the raw options; then inputs -> one NCHW float32 batch (decoding errors name the index).
+"""The HTTP form of a feature request: multipart, JSON (base64 images or tensors) or a raw image body
+-> the core's inputs and the raw options, counted and checked before anything is decoded.
 """
 
 from __future__ import annotations
@@ -7,30 +7,19 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
-from service.errors import BadRequest, NotReady, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
-from service.images import ImageError, load_tensor
-from service.manifest import Manifest
+from engine.errors import InvalidInput, TooLarge
+from engine.inputs import Input
+from service.problems import UnsupportedMediaType
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 MAX_TENSOR_RANK = 8  # a model input is [C, H, W]; anything far longer is refused before any arithmetic
 TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
-
-
-@dataclass(frozen=True)
-class Input:
-    """One image (encoded bytes) or one preprocessed tensor, as the client sent it."""
-
-    image: bytes | None = None
-    tensor: np.ndarray | None = None
-    name: str | None = None
 
 
 def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
@@ -48,7 +37,7 @@ def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[
         )
     options = _with_query_options(request, options)
     if not inputs:
-        raise BadRequest("the request holds no inputs; send at least one image or tensor")
+        raise InvalidInput("the request holds no inputs; send at least one image or tensor")
     _check_count(len(inputs), max_images)
     return inputs, options
 
@@ -56,7 +45,7 @@ def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[
 def _check_count(count: int, max_images: int) -> None:
     """Counted before anything is decoded, whatever the body's form."""
     if count > max_images:
-        raise PayloadTooLarge(f"{count} inputs in one request; the limit is {max_images}", limit=max_images)
+        raise TooLarge(f"{count} inputs in one request; the limit is {max_images}", limit=max_images)
 
 
 def _with_query_options(request: Request, body_options: dict[str, object]) -> dict[str, object]:
@@ -64,7 +53,7 @@ def _with_query_options(request: Request, body_options: dict[str, object]) -> di
     query = {key: ",".join(request.args.getlist(key)) for key in request.args}
     both = sorted(set(query) & set(body_options))
     if both:
-        raise BadRequest(f"option {both[0]!r} is given both in the query string and in the body; give it once")
+        raise InvalidInput(f"option {both[0]!r} is given both in the query string and in the body; give it once")
     return {**query, **body_options}
 
 
@@ -78,7 +67,7 @@ def _multipart(request: Request, max_images: int) -> tuple[list[Input], dict[str
         raise _form_too_large(request) from None
     unexpected = sorted(set(files) - {"image"})
     if unexpected:
-        raise BadRequest(f"unexpected file field {unexpected[0]!r}; send images in the field 'image'")
+        raise InvalidInput(f"unexpected file field {unexpected[0]!r}; send images in the field 'image'")
     uploads = files.getlist("image")
     _check_count(len(uploads), max_images)
     inputs = [Input(image=f.read(), name=f.filename or None) for f in uploads]
@@ -89,10 +78,10 @@ def _multipart(request: Request, max_images: int) -> tuple[list[Input], dict[str
     return inputs, options
 
 
-def _form_too_large(request: Request) -> PayloadTooLarge:
+def _form_too_large(request: Request) -> TooLarge:
     """Werkzeug raises one 413 for the body, part-count and field-size limits; this names the form's two."""
     parts, field = request.max_form_parts, request.max_form_memory_size
-    return PayloadTooLarge(
+    return TooLarge(
         f"the form has more than {parts} parts or a text field above {field} bytes; send images in 'image' "
         "fields and options as short text fields",
         limit=parts,
@@ -103,9 +92,9 @@ def _json(request: Request, max_images: int) -> tuple[list[Input], dict[str, obj
     try:
         body = orjson.loads(request.get_data(cache=False))
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+        raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-        raise BadRequest('the JSON body must be an object with a list "inputs": [{"image": "<base64>"}, …]')
+        raise InvalidInput('the JSON body must be an object with a list "inputs": [{"image": "<base64>"}, …]')
     options = {key: value for key, value in body.items() if key != "inputs"}
     _check_count(len(body["inputs"]), max_images)
     return [_json_input(item, index) for index, item in enumerate(body["inputs"])], options
@@ -113,7 +102,7 @@ def _json(request: Request, max_images: int) -> tuple[list[Input], dict[str, obj
 
 def _json_input(item, index: int) -> Input:
     if not isinstance(item, dict) or len({"image", "tensor"} & set(item)) != 1:
-        raise BadRequest(f'inputs[{index}] must be {{"image": "<base64>"}} or {{"tensor": {{…}}}}', index=index)
+        raise InvalidInput(f'inputs[{index}] must be {{"image": "<base64>"}} or {{"tensor": {{…}}}}', index=index)
     name = item.get("name") if isinstance(item.get("name"), str) else None
     if "image" in item:
         return Input(image=_b64(item["image"], f"inputs[{index}].image", index), name=name)
@@ -122,66 +111,39 @@ def _json_input(item, index: int) -> Input:
 
 def _b64(value, where: str, index: int) -> bytes:
     if not isinstance(value, str):
-        raise BadRequest(f"{where} must be a base64 string", index=index)
+        raise InvalidInput(f"{where} must be a base64 string", index=index)
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"{where} is not valid base64", index=index) from None
+        raise InvalidInput(f"{where} is not valid base64", index=index) from None
 
 
 def _tensor(spec, index: int) -> np.ndarray:
     where = f"inputs[{index}].tensor"
     if not isinstance(spec, dict) or not {"shape", "data"} <= set(spec):
-        raise BadRequest(f'{where} must be {{"shape": [C, H, W], "dtype": "float32", "data": "<base64>"}}', index=index)
+        raise InvalidInput(
+            f'{where} must be {{"shape": [C, H, W], "dtype": "float32", "data": "<base64>"}}', index=index
+        )
     name = spec.get("dtype", "float32")
     dtype = TENSOR_DTYPES.get(name) if isinstance(name, str) else None  # found by schemathesis: {} is unhashable
     if dtype is None:
-        raise BadRequest(f"{where}.dtype {spec.get('dtype')!r} is not one of {', '.join(TENSOR_DTYPES)}", index=index)
+        raise InvalidInput(f"{where}.dtype {spec.get('dtype')!r} is not one of {', '.join(TENSOR_DTYPES)}", index=index)
     shape = spec["shape"]
     if (
         not isinstance(shape, list)
         or not 1 <= len(shape) <= MAX_TENSOR_RANK
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
     ):
-        raise BadRequest(
+        raise InvalidInput(
             f"{where}.shape must be a list of 1 to {MAX_TENSOR_RANK} positive integers, e.g. [3, 224, 224]", index=index
         )
     data = _b64(spec["data"], f"{where}.data", index)
     expected = math.prod(shape) * dtype.itemsize  # Python integers: a huge shape cannot overflow
     if len(data) != expected:
-        raise BadRequest(
+        raise InvalidInput(
             f"{where}.data holds {len(data)} bytes; shape {shape} of {dtype.name} needs {expected}", index=index
         )
     array = np.frombuffer(data, dtype=dtype).reshape(shape).astype(np.float32)
     if not np.isfinite(array).all():
-        raise BadRequest(f"{where} contains NaN or infinite values", index=index)
+        raise InvalidInput(f"{where} contains NaN or infinite values", index=index)
     return array
-
-
-def to_batch(
-    inputs: list[Input], manifest: Manifest, max_pixels: int, budget: DecodeBudget | None = None
-) -> np.ndarray:
-    """Decode and preprocess every input into one float32 batch; the first bad one fails with its index.
-
-    With a budget, each image reserves what decoding it costs: one that could never fit is a 413, one that
-    cannot get its bytes within the budget's wait a 503 (the server is busy, the image is fine)."""
-    expected = list(manifest.onnx.input_shape)
-    tensors = []
-    for index, item in enumerate(inputs):
-        if item.tensor is not None:
-            shape = list(item.tensor.shape)
-            if shape != expected:
-                detail = f"inputs[{index}].tensor has shape {shape}; model {manifest.name} takes {expected}"
-                raise BadRequest(detail, index=index)
-            tensors.append(item.tensor)
-            continue
-        label = f"image {index}" + (f" ({item.name})" if item.name else "")
-        try:
-            tensors.append(load_tensor(item.image, manifest.preprocess, max_pixels, budget))
-        except ImageTooCostly as exc:
-            raise PayloadTooLarge(f"{label}: {exc}", index=index, limit=exc.limit) from None
-        except DecodeBusy as exc:
-            raise NotReady(f"{label}: {exc}", index=index, retry_after=exc.retry_after_s) from None
-        except ImageError as exc:
-            raise UnprocessableImage(f"{label}: {exc}", index=index) from None
-    return np.stack(tensors)

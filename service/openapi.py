@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from service.features import DTYPES, ENCODINGS
-from service.manifest import LEVELS, POOLINGS
+from engine.features import DTYPES, ENCODINGS
+from engine.manifest import LEVELS, POOLINGS
 
 _REF = "#/components/schemas/"
 
@@ -213,7 +213,7 @@ _PNG = {"image/png": {"schema": {"type": "string", "contentMediaType": "image/pn
 
 
 def _picture_paths(model: dict, raw: dict) -> dict:
-    """Pictures of a layer, class labels and the page (service/picture_routes.py; sizes: service/pictures.py)."""
+    """Pictures of a layer, class labels and the page (service/picture_routes.py; sizes: engine/pictures.py)."""
     layer = {"name": "layer_name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "stem"}
     maps_options = {
         "k": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8, "description": "channels to draw"},

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, request, send_from_directory
+from flask import Blueprint, Response, send_from_directory
 
-from service.conv_filters import NoImageFilters, image_filters
-from service.errors import BadRequest, NotFound, NotReady
-from service.features import FeatureOptions, check_finite, select_layers
-from service.inputs import parse_request, to_batch
-from service.manifest import Layer
-from service.pictures import MAP_ALPHA, MapsCaption, activation_grid, filter_grid, input_pixels, png_bytes
-from service.registry import LoadedModel
-from service.routes import _model, _registry, decode_budget, json_response
+from engine.conv_filters import image_filters
+from engine.errors import InvalidInput, UnknownName
+from engine.features import FeatureOptions, check_finite, select_layers
+from engine.manifest import Layer
+from engine.pictures import MAP_ALPHA, MapsCaption, activation_grid, filter_grid, input_pixels, png_bytes
+from engine.registry import LoadedModel
+from service.request_steps import check_ready, decode, json_response, model_named, read_inputs
 
 pictures = Blueprint("pictures", __name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -40,7 +39,7 @@ def maps_options(raw: dict[str, object]) -> tuple[int, float]:
     """(k, alpha) from query, form or JSON fields, each checked with a message that says what is allowed."""
     unknown = sorted(set(raw) - set(MAPS_OPTIONS))
     if unknown:
-        raise BadRequest(
+        raise InvalidInput(
             f"unknown option {unknown[0]!r}; maps.png takes {', '.join(MAPS_OPTIONS)}", valid=list(MAPS_OPTIONS)
         )
     k = _integer(raw.get("k", K_DEFAULT), "k", K_MIN, K_MAX)
@@ -53,7 +52,7 @@ def _integer(value, option: str, low: int, high: int) -> int:
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # not '²' or '٣'
         number = int(value.strip())
     if number is None or not low <= number <= high:
-        raise BadRequest(f"option {option}={value!r} must be a whole number from {low} to {high}")
+        raise InvalidInput(f"option {option}={value!r} must be a whole number from {low} to {high}")
     return number
 
 
@@ -63,7 +62,7 @@ def _fraction(value, option: str) -> float:
     except (TypeError, ValueError):
         number = None
     if number is None or not 0.0 <= number <= 1.0:  # NaN fails this too
-        raise BadRequest(f"option {option}={value!r} must be a number from 0 to 1")
+        raise InvalidInput(f"option {option}={value!r} must be a number from 0 to 1")
     return number
 
 
@@ -74,44 +73,40 @@ def page():
 
 @pictures.get("/v1/models/<model_name>/labels")
 def labels(model_name: str):
-    model = _model(model_name)
+    model = model_named(model_name)
     manifest = model.manifest
     if not manifest.labels:
-        raise NotFound(f"model {model.name} has no class labels")
+        raise UnknownName(f"model {model.name} has no class labels")
     return json_response({"model": model.name, "layer": manifest.logits_layer, "labels": manifest.labels})
 
 
 @pictures.get("/v1/models/<model_name>/layers/<layer_name>/filters.png")
 def filters(model_name: str, layer_name: str):
-    model = _model(model_name)
+    model = model_named(model_name)
     layer = _layer(model, layer_name)
-    try:
-        weights = image_filters(model.path, model.manifest, layer.name)
-    except NoImageFilters as exc:
-        raise BadRequest(str(exc)) from None
+    weights = image_filters(model.path, model.manifest, layer.name)  # NoImageFilters: 400, saying why
     return png_response(png_bytes(filter_grid(weights, model.manifest.preprocess.channels)))
 
 
 @pictures.post("/v1/models/<model_name>/layers/<layer_name>/maps.png")
 def maps(model_name: str, layer_name: str):
-    model = _model(model_name)
+    model = model_named(model_name)
     layer = _layer(model, layer_name)
     if not layer.spatial:
         spatial = [lay.name for lay in model.manifest.layers if lay.spatial]
-        raise BadRequest(
+        raise InvalidInput(
             f"layer {layer.name} is a vector of {layer.shape[0]} values with no spatial map; "
             f"maps exist for {', '.join(spatial)}",
             valid=spatial,
         )
-    registry = _registry()
-    if not registry.ready.is_set():
-        raise NotReady("models are still loading; retry shortly", retry_after=2)
-    inputs, raw_options = parse_request(request, registry.settings.max_images)
+    check_ready()
+    inputs, raw_options = read_inputs()
     k, alpha = maps_options(raw_options)  # query-string options are already merged in, conflicts refused
     if len(inputs) != 1:
-        raise BadRequest(f"maps.png draws one image; the request holds {len(inputs)}")
-    batch = to_batch(inputs, model.manifest, registry.settings.max_pixels, decode_budget())
-    (activations,) = model.runtime.run([layer.outputs["none"]], batch)
+        raise InvalidInput(f"maps.png draws one image; the request holds {len(inputs)}")
+    with model.batcher.expecting():  # joins feature requests in one session.run, like any other
+        batch = decode(inputs, model)
+        (activations,) = model.batcher.run([layer.outputs["none"]], batch)
     check_finite([activations], [layer.outputs["none"]])
     background = input_pixels(batch[0], model.manifest.preprocess)
     image = activation_grid(background, activations[0], k, MapsCaption(model.name, layer), alpha)

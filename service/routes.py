@@ -1,43 +1,20 @@
-"""Thin HTTP handlers: parse the request, call the core (inputs, features), shape the response."""
+"""The API blueprint: probes, metrics, the OpenAPI document, the model catalogue and feature requests."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
 
-import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response
 
+from engine.errors import Unavailable
+from engine.features import extract, parse_options, select_layers
+from engine.registry import LoadedModel
 from service import metrics
-from service.decode_budget import DecodeBudget
-from service.errors import NotFound, NotReady
-from service.features import extract, parse_options, select_layers
-from service.inputs import parse_request, to_batch
 from service.openapi import openapi_document
-from service.registry import LoadedModel, Registry
+from service.request_steps import decode, json_response, model_named, read_inputs, ready_model, registry
 
 api = Blueprint("api", __name__)
-
-
-def json_response(body, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status=status, mimetype="application/json")
-
-
-def _registry() -> Registry:
-    return current_app.extensions["registry"]
-
-
-def decode_budget() -> DecodeBudget:
-    """This worker's decode budget, shared by its request threads (made in create_app)."""
-    return current_app.extensions["decode_budget"]
-
-
-def _model(name: str) -> LoadedModel:
-    models = _registry().models
-    if name not in models:
-        valid = sorted(models)
-        raise NotFound(f"no model {name!r}; models are {', '.join(valid)}", valid=valid)
-    return models[name]
 
 
 def describe(model: LoadedModel, full: bool) -> dict:
@@ -96,12 +73,12 @@ def healthz():
 
 @api.get("/readyz")
 def readyz():
-    registry = _registry()
-    if registry.failure:
-        raise NotReady(f"loading models failed: {registry.failure}")
-    if not registry.ready.is_set():
-        raise NotReady("models are still loading")
-    return json_response({"status": "ready", "models": sorted(registry.models)})
+    models = registry()
+    if models.failure:
+        raise Unavailable(f"loading models failed: {models.failure}")
+    if not models.ready.is_set():
+        raise Unavailable("models are still loading")
+    return json_response({"status": "ready", "models": sorted(models.models)})
 
 
 @api.get("/metrics")
@@ -117,28 +94,24 @@ def openapi():
 
 @api.get("/v1/models")
 def list_models():
-    return json_response({"models": [describe(m, full=False) for m in _registry().models.values()]})
+    return json_response({"models": [describe(m, full=False) for m in registry().models.values()]})
 
 
 @api.get("/v1/models/<model_name>")
 def get_model(model_name: str):
-    return json_response(describe(_model(model_name), full=True))
+    return json_response(describe(model_named(model_name), full=True))
 
 
 @api.post("/v1/models/<model_name>/features")
 def features(model_name: str):
     started = time.perf_counter()
-    model = _model(model_name)
-    registry = _registry()
-    if not registry.ready.is_set():
-        raise NotReady("models are still loading; retry shortly", retry_after=2)
-    settings = registry.settings
-    inputs, raw_options = parse_request(request, settings.max_images)
+    model = ready_model(model_name)
+    inputs, raw_options = read_inputs()
     options = parse_options(raw_options)
     select_layers(model.manifest, options)  # unknown layers fail before any decoding work
     parsed = time.perf_counter()
     with model.batcher.expecting():  # lets the batcher wait for this request while it decodes
-        batch = to_batch(inputs, model.manifest, settings.max_pixels, decode_budget())
+        batch = decode(inputs, model)
         decoded = time.perf_counter()
         results = extract(model.batcher, model.manifest, batch, options)
     computed = time.perf_counter()

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.manifest import load_manifest
+from engine.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -76,7 +76,7 @@ def make_collection(root: Path, count: int, seed: int = 0) -> dict[str, list[Pat
 
 
 def pausing_cli(argv: list[str]) -> int:
-    """`python -m service.extract ARGS…` (argv: BATCHES, then ARGS) that stops after journaling BATCHES batches.
+    """`python -m extract ARGS…` (argv: BATCHES, then ARGS) that stops after journaling BATCHES batches.
 
     The run then waits for a signal, for ever: the test decides when it is interrupted or killed, and the
     run cannot finish first however slow or busy the machine is (sending the signal once the journal holds
@@ -84,8 +84,8 @@ def pausing_cli(argv: list[str]) -> int:
     where a real interrupt may land too. The one-second sleeps do not time anything: a SIGINT that arrives
     just before a sleep starts is acted on when it ends instead of being lost, as it could be in one long wait.
     """
-    from service.extract.__main__ import main
-    from service.extract.writers import JobOutput
+    from extract.__main__ import main
+    from extract.writers import JobOutput
 
     # A process started in the background by a shell without job control (`cmd &` in a script, nohup, some CI
     # runners) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the interrupt

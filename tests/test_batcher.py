@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher
-from service.images import preprocess_image
-from service.runtime import OrtRuntime
-from service.subgraphs import prefix_models
+from engine.batcher import MicroBatcher
+from engine.images import preprocess_image
+from engine.runtime import OrtRuntime
+from engine.subgraphs import prefix_models
 from tests.conftest import photo
 
 pytestmark = pytest.mark.integration

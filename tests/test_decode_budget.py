@@ -1,4 +1,4 @@
-"""The decode budget (service/decode_budget.py): refusals, waits that end, first come first served."""
+"""The decode budget (engine/decode_budget.py): refusals, waits that end, first come first served."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from service.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
+from engine.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
+from engine.errors import Unavailable
 from tests.conftest import wait_until
 
 
@@ -23,7 +24,7 @@ def test_budget_times_out_with_a_distinct_error_and_recovers():
     with budget.reserve(80):
         with pytest.raises(DecodeBusy) as caught, budget.reserve(30, timeout=0.05):
             pass
-        assert not isinstance(caught.value, ValueError) and caught.value.retry_after_s >= 1
+        assert isinstance(caught.value, Unavailable) and caught.value.facts["retry_after"] >= 1
         assert budget.waiting == 0 and budget.free_bytes == 20
         with budget.reserve(20, timeout=0):
             assert budget.free_bytes == 0

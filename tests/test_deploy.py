@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from service.settings import Settings
+from engine.settings import Settings
 from tests.conftest import REPO, free_port, photo
 from tests.deploy_files import DOCKERFILE, NGINX_TEMPLATE, Dockerfile, command_with, require_tool
 
@@ -121,7 +121,7 @@ def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest(docker
         for name, rest in stage.instructions:
             if name == "COPY" and not rest.startswith("--from"):
                 copied.update(rest.split()[:-1])
-    assert copied == {"pyproject.toml", "deploy/requirements.py", "exporter", "service"}
+    assert copied == {"pyproject.toml", "deploy/requirements.py", "engine", "exporter", "service"}
     for path in copied:
         assert not dockerignored(path, patterns), f".dockerignore drops {path}, which the Dockerfile copies"
     for path in (".venv", ".git", "exported_models/efficientnet_lite0/model.onnx", "tests", "docs",
@@ -273,9 +273,9 @@ def test_compose_services_profiles_and_healthchecks(compose_config, dockerfile):
 
 
 def test_compose_passes_every_setting_with_the_service_default(compose_config):
-    """Each FEATURES_* variable of the replicas is a setting of service/settings.py, defaults to Settings()'s
+    """Each FEATURES_* variable of the replicas is a setting of engine/settings.py, defaults to Settings()'s
     value, and every setting the image does not fix (bind address, models folder, provider) is there."""
-    source = (REPO / "service" / "settings.py").read_text()
+    source = (REPO / "engine" / "settings.py").read_text()
     quoted = set(re.findall(r'"([A-Z][A-Z_]+)"', source))  # "FEATURES_HOST" or integer("PORT", ...)
     defaults = Settings()
     fixed_by_image = {"models_dir", "host", "port", "providers"}
@@ -290,7 +290,7 @@ def test_compose_passes_every_setting_with_the_service_default(compose_config):
         assert not missing, f"{name}: add {sorted(missing)} to the x-features environment of docker-compose.yml"
         for variable, value in environment.items():
             short = variable.removeprefix("FEATURES_")
-            assert {variable, short} & quoted, f"{name}: {variable} is not read by service/settings.py"
+            assert {variable, short} & quoted, f"{name}: {variable} is not read by engine/settings.py"
             field = short.lower()
             if field in fixed_by_image or getattr(defaults, field, None) is None:
                 continue
@@ -378,13 +378,18 @@ def test_the_served_app_imports_no_torch_and_only_runtime_requirements(image_mod
     assert not outside, f"the served app imports {sorted(outside)}, which the runtime image does not install"
 
 
-def test_no_service_module_imports_torch():
-    """Every module under service/ (offline tools included), each imported on its own."""
+def test_no_serving_module_imports_torch():
+    """Every module the serving image holds (engine/ and service/), each imported on its own."""
     import pkgutil
 
+    import engine
     import service
 
-    modules = [info.name for info in pkgutil.walk_packages(service.__path__, "service.")]
+    modules = [
+        info.name
+        for package in (engine, service)
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+    ]
     modules = [name for name in modules if not name.endswith(".__main__")]  # importing those runs a CLI
     script = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; " + (
         f"print(sorted(set({sorted(EXPORT_ONLY)!r}) & {{n.split('.')[0] for n in sys.modules}}))"
@@ -392,4 +397,4 @@ def test_no_service_module_imports_torch():
     result = subprocess.run([sys.executable, "-c", script, *modules], cwd=REPO, env=clean_env(),
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]", f"service modules import {result.stdout.strip()}"
+    assert result.stdout.strip() == "[]", f"serving modules import {result.stdout.strip()}"

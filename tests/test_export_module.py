@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.images import preprocess_image
-from service.manifest import load_manifest
+from engine.images import preprocess_image
+from engine.manifest import load_manifest
 from tests.conftest import photo, run_cli
 from tests.models.tiny_cnn import build
 

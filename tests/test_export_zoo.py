@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.images import preprocess_image
+from engine.images import preprocess_image
 from tests.conftest import photo, run_cli, top5
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Batch extraction (`python -m service.extract`) over a generated collection of real photos and broken files.
+"""Batch extraction (`python -m extract`) over a generated collection of real photos and broken files.
 
 Real things only: the CLI in a subprocess, the exported EfficientNet-Lite0 in ONNX Runtime, a real gunicorn
 for --server, a local Ray with 2 CPUs for --engine ray, SIGINT and SIGKILL for resuming.
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import requests
 
-from service.extract.__main__ import main
-from service.extract.errors import UsageError
-from service.extract.inputs import list_sources
-from service.extract.parquet import read_features
+from extract.__main__ import main
+from extract.errors import UsageError
+from extract.inputs import list_sources
+from extract.parquet import read_features
 from tests.conftest import REPO, Server
 from tests.extract_helpers import make_collection
 
@@ -35,7 +35,7 @@ LAYERS = ("stem", "stride4", "stride8", "stride16", "stride32", "head", "embeddi
 
 
 def extract(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.extract", *map(str, args), "--no-progress"], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "extract", *map(str, args), "--no-progress"], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of the request core (service.features) and settings (service.settings)."""
+"""Unit tests of the request core (engine.features) and settings (engine.settings)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import base64
 import numpy as np
 import pytest
 
-from service.errors import BadRequest
-from service.features import FeatureOptions, encode_array, l2_normalise, parse_options
-from service.settings import Settings, SettingsError
+from engine.errors import InvalidInput
+from engine.features import FeatureOptions, encode_array, l2_normalise, parse_options
+from engine.settings import Settings, SettingsError
 
 
 def test_options_from_strings_lists_and_bools():
@@ -24,7 +24,7 @@ def test_options_from_strings_lists_and_bools():
     [{"levels": "top"}, {"layers": ""}, {"layers": 3}, {"pooling": "sum"}, {"normalize": "perhaps"}, {"colour": "red"}],
 )
 def test_bad_options(raw):
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         parse_options(raw)
 
 

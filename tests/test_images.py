@@ -1,4 +1,4 @@
-"""Unit tests of safe decoding and preprocessing (service.images)."""
+"""Unit tests of safe decoding and preprocessing (engine.images)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image, ImageOps
 
-from service.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
-from service.images import (
+from engine.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
+from engine.images import (
     ImageError,
     _draft_size,
     decode_cost,
@@ -22,7 +22,7 @@ from service.images import (
     load_tensor,
     preprocess_image,
 )
-from service.manifest import Preprocess
+from engine.manifest import Preprocess
 
 SPEC = Preprocess(size=[224, 224], resize=256, interpolation="bicubic", mean=[127.0] * 3, std=[128.0] * 3)
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import preprocess_image
-from service.insight.photos import PHOTOS, load_photo
-from service.insight.views import KINDS, MARGIN, PLAIN, VIEWS, context_image, select_views, view_tensor
+from engine.images import preprocess_image
+from insight.photos import PHOTOS, load_photo
+from insight.views import KINDS, MARGIN, PLAIN, VIEWS, context_image, select_views, view_tensor
 from tests.conftest import REPO
 
 
 def _study(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.insight", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "insight", *map(str, args)], cwd=REPO, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
 

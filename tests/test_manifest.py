@@ -1,4 +1,4 @@
-"""Unit tests of the manifest schema (service.manifest)."""
+"""Unit tests of the manifest schema (engine.manifest)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.manifest import Layer, Manifest, ManifestError, OnnxInfo, Preprocess, Source, Verification, load_manifest
+from engine.manifest import Layer, Manifest, ManifestError, OnnxInfo, Preprocess, Source, Verification, load_manifest
 
 
 def make_manifest(**changes) -> Manifest:

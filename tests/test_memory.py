@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service import memory
+from engine import memory
 
 REPO = Path(__file__).resolve().parent.parent
 LINUX = Path("/proc/self/clear_refs").exists()
@@ -122,8 +122,8 @@ TENSOR_TOO = [  # load_tensor: JPEGs drafted (progressive ones still hold all co
 
 MEASURE = """
 import json, sys
-from service.images import _open, decode_cost, decode_image, load_tensor
-from service.manifest import Preprocess
+from engine.images import _open, decode_cost, decode_image, load_tensor
+from engine.manifest import Preprocess
 
 def status(key):
     with open("/proc/self/status") as lines:
@@ -167,9 +167,9 @@ def test_decode_cost_bounds_the_measured_peak(kind, how):
 
 AFTER_THREADS = """
 import sys, threading
-from service import memory
-from service.images import load_tensor
-from service.manifest import Preprocess
+from engine import memory
+from engine.images import load_tensor
+from engine.manifest import Preprocess
 
 if sys.argv[1] == "tuned":
     assert memory.tune_malloc()
@@ -204,7 +204,7 @@ def test_pinned_mmap_threshold_gives_decoded_images_back():
 def test_malloc_settings_never_raise():
     """In a child process: the settings last for the whole process."""
     check = (
-        "from service import memory\n"
+        "from engine import memory\n"
         "on_glibc = memory.glibc_version() is not None\n"
         "assert memory.tune_malloc() is on_glibc and memory.tune_malloc(arena_max=4) is on_glibc\n"
         "assert memory.trim() in (True, False)\n"

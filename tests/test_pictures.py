@@ -17,11 +17,10 @@ import requests
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from service.conv_filters import NoImageFilters, first_conv, image_filters
-from service.images import load_tensor, preprocess_image
-from service.manifest import Layer, Manifest, OnnxInfo, Preprocess, Source, Verification
-from service.openapi import openapi_document
-from service.pictures import (
+from engine.conv_filters import NoImageFilters, first_conv, image_filters
+from engine.images import load_tensor, preprocess_image
+from engine.manifest import Layer, Manifest, OnnxInfo, Preprocess, Source, Verification
+from engine.pictures import (
     _VIRIDIS,
     MAP_ALPHA,
     colormap,
@@ -32,6 +31,7 @@ from service.pictures import (
     overlay,
     strongest_channels,
 )
+from service.openapi import openapi_document
 from tests.conftest import Server
 from tests.openapi_check import conforms
 from tests.test_service_http import jpeg

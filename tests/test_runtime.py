@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.images import preprocess_image
-from service.runtime import OrtRuntime
-from service.subgraphs import prefix_models
+from engine.images import preprocess_image
+from engine.runtime import OrtRuntime
+from engine.subgraphs import prefix_models
 from tests.conftest import photo
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
+from engine.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from tests.conftest import REPO, Server, free_port
 from tests.openapi_check import conforms
 from tests.test_service_http import jpeg

@@ -15,7 +15,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate as validate_spec
 
-from service.images import load_tensor
+from engine.images import load_tensor
 from tests.conftest import photo, top5
 from tests.openapi_check import conforms
 

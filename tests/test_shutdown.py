@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 import requests
 
-from service.batcher import BatcherClosed, MicroBatcher
+from engine.batcher import BatcherClosed, MicroBatcher
+from service.problems import status_of
 from tests.conftest import Server, photo_jpeg, wait_until
 from tests.deploy_files import worker_pids
 
@@ -169,7 +170,7 @@ def test_close_runs_queued_jobs_then_refuses_new_ones() -> None:
     closer = start_close(batcher, DEADLINE_S)
     with pytest.raises(BatcherClosed) as refused:
         batcher.submit(["y"], ones(1))
-    assert refused.value.status == 503
+    assert status_of(refused.value) == 503  # the HTTP edge answers 503 + Retry-After
     runtime.release.set()
     closer.join(DEADLINE_S)
     assert not closer.is_alive() and not batcher._thread.is_alive()

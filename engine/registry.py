@@ -22,18 +22,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.batcher import MicroBatcher
-from service.manifest import Manifest, ManifestError, load_verified
-from service.settings import Settings
-from service.subgraphs import prefix_models
+from engine.batcher import MicroBatcher
+from engine.errors import Misconfigured
+from engine.manifest import Manifest, ManifestError, load_verified
+from engine.settings import Settings
+from engine.subgraphs import prefix_models
 
 if TYPE_CHECKING:
-    from service.runtime import OrtRuntime
+    from engine.runtime import OrtRuntime
 
 log = logging.getLogger(__name__)
 
 
-class StartupError(RuntimeError):
+class StartupError(Misconfigured):
     """The service cannot start with these models; the message is the one line to print."""
 
 
@@ -75,7 +76,7 @@ class Registry:
 
     def load(self) -> None:
         """Open a session per model and run one warm-up batch; sets `ready` when all are done."""
-        from service.runtime import OrtRuntime  # here, not at the top: see the module docstring
+        from engine.runtime import OrtRuntime  # here, not at the top: see the module docstring
 
         atexit.register(self.close)
         try:

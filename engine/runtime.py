@@ -4,7 +4,7 @@ Created inside each gunicorn worker after the fork (ONNX Runtime thread pools do
 importing this module belongs after the fork: `import onnxruntime` starts a native background thread owned by a
 C++ static, and a forked child that inherits the static without the thread aborts at exit() when the static's
 destructor joins it ("terminate called ... std::system_error: Invalid argument", issue 12). So the gunicorn
-master never imports it (service/registry.py imports it in `load`, which only workers run).
+master never imports it (engine/registry.py imports it in `load`, which only workers run).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import NotReady
+from engine.errors import Unavailable
 
 log = logging.getLogger(__name__)
 _shared_arena_lock = threading.Lock()
@@ -37,7 +37,7 @@ def _register_shared_cpu_arena() -> None:
             _shared_arena_registered = True
 
 
-class RuntimeClosed(NotReady):
+class RuntimeClosed(Unavailable):
     """The sessions were released because the worker is stopping (503: the client retries elsewhere)."""
 
     def __init__(self) -> None:

@@ -9,13 +9,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import Misconfigured
+
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 
 
-class SettingsError(ValueError):
+class SettingsError(Misconfigured):
     """An environment variable with a value the service cannot use."""
 
 
@@ -34,7 +36,7 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_images: int = 32
     max_pixels: int = 40_000_000
-    decode_budget_mb: int = 1024  # per worker: MB of image decoding at once (service/decode_budget.py)
+    decode_budget_mb: int = 1024  # per worker: MB of image decoding at once (engine/decode_budget.py)
     decode_wait: int = 10  # seconds a decode may wait for budget before the client is told to retry (503)
     api_key: str | None = None
     timeout: int = 60

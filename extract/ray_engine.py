@@ -15,16 +15,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from service.extract.errors import ExtractError, UsageError
-from service.extract.plan import Plan
-from service.extract.writers import BatchResult
+from extract.errors import ExtractError, UsageError
+from extract.plan import Plan
+from extract.writers import BatchResult
 
 
 class _Extractor:
     """A Ray actor: one LocalModel, reused for every batch it is given."""
 
     def __init__(self, plan: Plan, threads: int):
-        from service.extract.local import LocalModel
+        from extract.local import LocalModel
 
         self.plan = plan
         self.model = LocalModel(
@@ -32,7 +32,7 @@ class _Extractor:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from service.extract.local import process_rows
+        from extract.local import process_rows
 
         rows = [int(row) for row in batch["row"]]
         result = process_rows(self.model, self.plan, rows, [str(path) for path in batch["path"]])

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.extract.errors import UsageError
-from service.extract.plan import Plan, file_names, signature_difference
+from extract.errors import UsageError
+from extract.plan import Plan, file_names, signature_difference
 
 PARTIAL = ".partial"
 JOURNAL = "journal.jsonl"
@@ -183,7 +183,7 @@ class JobOutput:
         failed[list(self.failures)] = True
         good = np.flatnonzero(~failed)
         if self.plan.format == "parquet":
-            from service.extract.parquet import write_parquet
+            from extract.parquet import write_parquet
 
             write_parquet(self.out / PARQUET, self.plan, self.matrices, good, BLOCK_BYTES)
         else:

@@ -32,8 +32,9 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from service.decode_budget import DecodeBudget
-from service.manifest import Preprocess
+from engine.decode_budget import DecodeBudget
+from engine.errors import Unprocessable
+from engine.manifest import Preprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 7,700 x 5,200 photo; above that, refuse before decoding
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow's names; JPEG includes MPO (multi-picture JPEG)
@@ -66,7 +67,7 @@ _JPEG_COLOURS = {"L": ("GRAY", "L"), "RGB": ("RGB", "RGB"), "CMYK": ("CMYK", "CM
 _JPEG_ARRAY_BYTES = {"L": 0, "RGB": 3, "CMYK": 4}  # simplejpeg's array per pixel, while Pillow copies it (L: shared)
 
 
-class ImageError(ValueError):
+class ImageError(Unprocessable):
     """Input that is not a decodable image within the limits."""
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from service.manifest import Layer, Preprocess
+from engine.manifest import Layer, Preprocess
 
 FILTER_CELL = 48  # target size in pixels of one enlarged filter
 FILTER_COLUMNS = 8

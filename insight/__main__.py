@@ -1,4 +1,4 @@
-"""CLI: `python -m service.insight --model NAME --out DIR [--models-dir D] [--photos N] [--quick]`.
+"""CLI: `python -m insight --model NAME --out DIR [--models-dir D] [--photos N] [--quick]`.
 
 Writes DIR/insight.json (every figure), DIR/invariance.png and DIR/receptive_field.png, prints what it wrote;
 bad arguments print one `error:` line and exit 2.
@@ -13,14 +13,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from service.insight.photos import PHOTOS
-from service.insight.study import StudyError, open_model, run_study
-from service.insight.views import select_views
+from insight.photos import PHOTOS
+from insight.study import StudyError, open_model, run_study
+from insight.views import select_views
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service.insight",
+        prog="python -m insight",
         description="Measure, layer by layer, how invariant a model's pooled embeddings are to simple transforms.",
     )
     parser.add_argument("--model", required=True, help="exported model name, e.g. efficientnet_lite0")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 2 <= args.photos <= len(PHOTOS):
         parser.error(f"--photos must be from 2 to {len(PHOTOS)}")
     try:
-        from service.insight.plots import plot_invariance, plot_receptive_fields
+        from insight.plots import plot_invariance, plot_receptive_fields
     except ImportError as exc:  # matplotlib is not a serving dependency
         print(f"error: {exc.name or exc} is missing; pip install -e '.[insight]'", file=sys.stderr)
         return 2
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    command = ["python", "-m", "service.insight", *(sys.argv[1:] if argv is None else argv)]
+    command = ["python", "-m", "insight", *(sys.argv[1:] if argv is None else argv)]
     result = {**result, "command": shlex.join(command), "quick": args.quick, "tools": _versions()}
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "insight.json"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-from service.extract.errors import UsageError
+from extract.errors import UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".lst", ".list"})

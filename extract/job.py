@@ -10,10 +10,10 @@ import os
 import time
 from pathlib import Path
 
-from service.extract.errors import UsageError
-from service.extract.inputs import list_sources
-from service.extract.plan import local_model, make_plan
-from service.extract.writers import JobOutput
+from extract.errors import UsageError
+from extract.inputs import list_sources
+from extract.plan import local_model, make_plan
+from extract.writers import JobOutput
 
 ENGINES = ("local", "ray")
 DEFAULT_BATCH_SIZE = 32
@@ -57,14 +57,14 @@ def run(
     if server and engine != "local":
         raise UsageError("--server sends the work to a running service; it does not combine with --engine ray")
     if format == "parquet":
-        from service.extract.parquet import require_pyarrow
+        from extract.parquet import require_pyarrow
 
         require_pyarrow()
     sources = list_sources(inputs)
     client = None
     if server:
         try:
-            from service.extract.server import ServerClient
+            from extract.server import ServerClient
         except ImportError as exc:
             raise UsageError(f"--server needs {exc.name}: pip install 'cnn-features[extract]'") from None
         client = ServerClient(server, api_key)
@@ -113,14 +113,14 @@ def _check_numbers(batch_size: int, workers: int | None) -> None:
 
 def _engine(plan, client, engine: str, batch_size: int, workers: int | None, pool: str, ray_address: str | None):
     if client is not None:
-        from service.extract.server import ServerEngine
+        from extract.server import ServerEngine
 
         return ServerEngine(plan, client, batch_size, workers)
     if engine == "ray":
-        from service.extract.ray_engine import RayEngine
+        from extract.ray_engine import RayEngine
 
         return RayEngine(plan, batch_size, workers, ray_address)
-    from service.extract.local import LocalEngine
+    from extract.local import LocalEngine
 
     return LocalEngine(plan, batch_size, workers, pool)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 import onnx.utils
 
-from service.manifest import Manifest
+from engine.manifest import Manifest
 
 
 def prefix_models(path: Path, manifest: Manifest) -> list[tuple[list[str], bytes]]:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.features import output_name
-from service.insight.photos import Photo, load_photo
-from service.insight.views import KINDS, PLAIN, View, context_image, view_tensor
-from service.manifest import Manifest, ManifestError, load_verified
-from service.runtime import OrtRuntime
+from engine.features import output_name
+from engine.manifest import Manifest, ManifestError, load_verified
+from engine.runtime import OrtRuntime
+from insight.photos import Photo, load_photo
+from insight.views import KINDS, PLAIN, View, context_image, view_tensor
 
 DIGITS = 6
 

@@ -1,8 +1,8 @@
 """The local engine: the service's own decoding and ONNX Runtime code, in this process.
 
-A pool of decode workers reads, decodes and preprocesses the next batches (`service.images.load_tensor`)
+A pool of decode workers reads, decodes and preprocesses the next batches (`engine.images.load_tensor`)
 while the main thread runs ONNX Runtime on the current one, on the smallest prefix sub-graph that holds
-every requested layer (`service.subgraphs`), exactly as the service does for a request.
+every requested layer (`engine.subgraphs`), exactly as the service does for a request.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service.extract.plan import Plan
-from service.extract.writers import BatchResult
-from service.images import DEFAULT_MAX_PIXELS, ImageError, load_tensor
-from service.manifest import Manifest, Preprocess
-from service.runtime import OrtRuntime
-from service.subgraphs import prefix_models
+from engine.images import DEFAULT_MAX_PIXELS, ImageError, load_tensor
+from engine.manifest import Manifest, Preprocess
+from engine.runtime import OrtRuntime
+from engine.subgraphs import prefix_models
+from extract.plan import Plan
+from extract.writers import BatchResult
 
 POOLS = ("thread", "process")
 

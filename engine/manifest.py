@@ -11,12 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.errors import Misconfigured
+
 SCHEMA_VERSION = 1
 LEVELS = ("low", "mid", "high")
 POOLINGS = ("none", "avg", "max")
 
 
-class ManifestError(ValueError):
+class ManifestError(Misconfigured):
     """A model.json that is missing, unreadable or does not follow the schema."""
 
 

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ProblemError
-from service.extract.errors import UsageError
-from service.features import output_name, parse_options, select_layers
-from service.manifest import Layer, Manifest, ManifestError, load_verified
+from engine.errors import FeaturesError
+from engine.features import output_name, parse_options, select_layers
+from engine.manifest import Layer, Manifest, ManifestError, load_verified
+from extract.errors import UsageError
 
 FORMATS = ("npy", "parquet")
 JOB_VERSION = 1
@@ -94,7 +94,7 @@ def make_plan(sources: list[str], model: ModelInfo, levels, layers, pooling: str
     try:
         options = parse_options(raw)
         chosen = select_layers(model, options)
-    except ProblemError as exc:
+    except FeaturesError as exc:
         raise UsageError(exc.detail) from None
     if not chosen:
         raise UsageError(f"no layer of {model.name} is at the levels {', '.join(options.levels)}")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.extract.errors import UsageError
-from service.extract.plan import Plan
+from extract.errors import UsageError
+from extract.plan import Plan
 
 METADATA_KEY = b"cnn_features"
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import BadRequest, NotFound, UnprocessableImage
-from service.manifest import LEVELS, POOLINGS, Layer, Manifest
+from engine.errors import InvalidInput, UnknownName, Unprocessable
+from engine.manifest import LEVELS, POOLINGS, Layer, Manifest
 
 ENCODINGS = ("json", "base64")
 DTYPES = ("float32", "float16")
@@ -37,16 +37,16 @@ def _names(value, option: str) -> tuple[str, ...]:
     elif isinstance(value, list) and all(isinstance(item, str) for item in value):
         items = [item.strip() for item in value]
     else:
-        raise BadRequest(f"option {option!r} must be a list of names or a comma-separated string")
+        raise InvalidInput(f"option {option!r} must be a list of names or a comma-separated string")
     items = [item for item in items if item]
     if not items:
-        raise BadRequest(f"option {option!r} is empty")
+        raise InvalidInput(f"option {option!r} is empty")
     return tuple(dict.fromkeys(items))  # drop repeats, keep order
 
 
 def _choice(value, option: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value.strip().lower() not in choices:
-        raise BadRequest(f"option {option}={value!r} is not one of {', '.join(choices)}", valid=list(choices))
+        raise InvalidInput(f"option {option}={value!r} is not one of {', '.join(choices)}", valid=list(choices))
     return value.strip().lower()
 
 
@@ -55,16 +55,20 @@ def _flag(value, option: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise BadRequest(f"option {option}={value!r} must be true or false")
+    raise InvalidInput(f"option {option}={value!r} must be true or false")
 
 
 def parse_options(raw: dict[str, object]) -> FeatureOptions:
-    """Options from JSON fields, form fields or query parameters (values may be strings, lists or bools)."""
+    """Options from JSON fields, form fields or query parameters (values may be strings, lists or bools).
+
+    A JSON null means "the default", so the options a response echoes (`"layers": null` among them) can be
+    sent back as they are."""
     unknown = sorted(set(raw) - set(OPTION_NAMES))
     if unknown:
-        raise BadRequest(
+        raise InvalidInput(
             f"unknown option {unknown[0]!r}; options are {', '.join(OPTION_NAMES)}", valid=list(OPTION_NAMES)
         )
+    raw = {name: value for name, value in raw.items() if value is not None}
     options = {}
     if "levels" in raw:
         levels = _names(raw["levels"], "levels")
@@ -85,14 +89,16 @@ def parse_options(raw: dict[str, object]) -> FeatureOptions:
 
 
 def select_layers(manifest: Manifest, options: FeatureOptions) -> list[Layer]:
-    """The layers a request asks for, in depth order; NotFound lists the valid names."""
+    """The layers a request asks for, in depth order; UnknownName lists the valid names."""
     if options.layers is None:
         return [layer for layer in manifest.layers if layer.level in options.levels]
     known = {layer.name for layer in manifest.layers}
     for name in options.layers:
         if name not in known:
             valid = [layer.name for layer in manifest.layers]
-            raise NotFound(f"model {manifest.name} has no layer {name!r}; layers are {', '.join(valid)}", valid=valid)
+            raise UnknownName(
+                f"model {manifest.name} has no layer {name!r}; layers are {', '.join(valid)}", valid=valid
+            )
     return [layer for layer in manifest.layers if layer.name in options.layers]
 
 
@@ -128,7 +134,7 @@ def check_finite(outputs: list[np.ndarray], names: list[str]) -> None:
         finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
         if not finite.all():
             index = int(np.argmin(finite))
-            raise UnprocessableImage(
+            raise Unprocessable(
                 f"input {index} makes output {name} overflow to infinity or NaN; send images, or tensors "
                 "preprocessed as the model's manifest says (GET /v1/models/{model})",
                 index=index,

@@ -15,13 +15,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from service.manifest import Manifest
+from engine.errors import InvalidInput
+from engine.manifest import Manifest
 
 # ops that mix channels with learned weights: a layer behind one of them no longer sees pixels directly
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger"})
 
 
-class NoImageFilters(ValueError):
+class NoImageFilters(InvalidInput):
     """The model or layer has no first-convolution filters that can be shown as images."""
 
 

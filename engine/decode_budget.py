@@ -1,7 +1,7 @@
 """A worker's decode budget: how many bytes of image decoding may run at once, shared by its request threads.
 
 Eight request threads each decoding a large image that is small on the wire (a 16-bit PNG, say) once took a
-worker from 0.5 to 6 GB. Each decode reserves its estimated cost (service/images.py: decode_cost) here first;
+worker from 0.5 to 6 GB. Each decode reserves its estimated cost (engine/images.py: decode_cost) here first;
 one that could never fit is refused at once (413), one that does not fit yet waits its turn, and after a bounded
 wait the client is told to retry (503), so the worker's memory stays within its budget whatever arrives.
 """
@@ -15,27 +15,29 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from engine.errors import TooLarge, Unavailable
 
-class ImageTooCostly(ValueError):
-    """An image whose decoding alone needs more memory than the whole decode budget (HTTP 413)."""
+
+class ImageTooCostly(TooLarge):
+    """An image whose decoding alone needs more memory than the whole decode budget."""
 
     def __init__(self, needed: int, limit: int):
         super().__init__(
             f"image needs {_mb(needed)} MB to decode; this server decodes at most {_mb(limit)} MB at once "
-            "(send it with fewer pixels, 8-bit channels or without alpha)"
+            "(send it with fewer pixels, 8-bit channels or without alpha)",
+            limit=limit,
         )
-        self.needed, self.limit = needed, limit
 
 
-class DecodeBusy(RuntimeError):
-    """The decode budget stayed too full for the wait allowed: the server is busy, not the image bad (HTTP 503)."""
+class DecodeBusy(Unavailable):
+    """The decode budget stayed too full for the wait allowed: the server is busy, not the image bad."""
 
     def __init__(self, needed: int, waited_s: float, retry_after_s: int):
         super().__init__(
             f"the server is decoding other images and could not set {_mb(needed)} MB aside within "
-            f"{waited_s:.1f} s; retry in {retry_after_s} s"
+            f"{waited_s:.1f} s; retry in {retry_after_s} s",
+            retry_after=retry_after_s,
         )
-        self.needed, self.waited_s, self.retry_after_s = needed, waited_s, retry_after_s
 
 
 def _mb(nbytes: int) -> int:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import NotReady
+from engine.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 
-class BatcherClosed(NotReady):
+class BatcherClosed(Unavailable):
     """The worker is stopping and its micro-batcher takes no more jobs (503: the client retries elsewhere)."""
 
     def __init__(self) -> None:

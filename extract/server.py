@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from service.extract.errors import ExtractError, UsageError
-from service.extract.plan import ModelInfo, Plan
-from service.extract.writers import BatchResult
-from service.manifest import Layer, load_manifest
+from engine.manifest import Layer, load_manifest
+from extract.errors import ExtractError, UsageError
+from extract.plan import ModelInfo, Plan
+from extract.writers import BatchResult
 
 log = logging.getLogger(__name__)
 DEFAULT_IN_FLIGHT = 4

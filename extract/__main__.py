@@ -1,4 +1,4 @@
-"""CLI: `python -m service.extract INPUT… --model NAME --out DIR [options]` (see --help).
+"""CLI: `python -m extract INPUT… --model NAME --out DIR [options]` (see --help).
 
 Exit status 0 when every input is either a row or a line of failed.csv, 2 with one `error:` line for
 arguments that cannot work, 1 when the run itself could not go on, 130 when interrupted (rerun to resume).
@@ -11,12 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from service.extract.errors import ExtractError, UsageError
-from service.extract.job import DEFAULT_BATCH_SIZE, ENGINES, default_models_dir, run
-from service.extract.local import POOLS
-from service.extract.plan import FORMATS
-from service.features import DTYPES
-from service.manifest import POOLINGS
+from engine.features import DTYPES
+from engine.manifest import POOLINGS
+from extract.errors import ExtractError, UsageError
+from extract.job import DEFAULT_BATCH_SIZE, ENGINES, default_models_dir, run
+from extract.local import POOLS
+from extract.plan import FORMATS
 
 
 def _csv(text: str) -> list[str]:
@@ -25,7 +25,7 @@ def _csv(text: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service.extract",
+        prog="python -m extract",
         description="Extract per-layer CNN features of whole image collections into .npy or Parquet files.",
     )
     parser.add_argument(

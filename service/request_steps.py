@@ -1,0 +1,63 @@
+"""The steps every blueprint shares, in one place: this worker's registry and decode budget, the model a
+path names (ready or not), the request's inputs and options, their decoding into one batch, JSON out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from flask import Response, current_app, request
+
+from engine.decode_budget import DecodeBudget
+from engine.errors import Unavailable, UnknownName
+from engine.inputs import Input, to_batch
+from engine.registry import LoadedModel, Registry
+from service.inputs import parse_request
+
+RETRY_WHILE_LOADING_S = 2
+
+
+def json_response(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status=status, mimetype="application/json")
+
+
+def registry() -> Registry:
+    """This worker's models (made in create_app)."""
+    return current_app.extensions["registry"]
+
+
+def decode_budget() -> DecodeBudget:
+    """This worker's decode budget, shared by its request threads (made in create_app)."""
+    return current_app.extensions["decode_budget"]
+
+
+def model_named(name: str) -> LoadedModel:
+    """The model a path names, loaded or not (its catalogue entry says which); UnknownName lists the valid ones."""
+    models = registry().models
+    if name not in models:
+        valid = sorted(models)
+        raise UnknownName(f"no model {name!r}; models are {', '.join(valid)}", valid=valid)
+    return models[name]
+
+
+def check_ready() -> None:
+    """Unavailable until this worker has loaded its models."""
+    if not registry().ready.is_set():
+        raise Unavailable("models are still loading; retry shortly", retry_after=RETRY_WHILE_LOADING_S)
+
+
+def ready_model(name: str) -> LoadedModel:
+    """The named model, once this worker can run it."""
+    model = model_named(name)
+    check_ready()
+    return model
+
+
+def read_inputs() -> tuple[list[Input], dict[str, object]]:
+    """The current request's inputs (counted against the limit) and its raw options, query string included."""
+    return parse_request(request, registry().settings.max_images)
+
+
+def decode(inputs: list[Input], model: LoadedModel) -> np.ndarray:
+    """One NCHW batch for the model, each image decoded within this worker's budget and pixel limit."""
+    return to_batch(inputs, model.manifest, registry().settings.max_pixels, decode_budget())
