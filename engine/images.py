@@ -1,4 +1,4 @@
-"""Safe image decoding and the manifest's preprocessing: bytes -> upright image -> float32 [C, H, W].
+"""Safe image decoding: bytes -> upright image within a pixel limit and a memory budget (then engine/preprocess.py).
 
 What a hostile upload can cost is bounded before anything is decoded (issue 12):
 - only the documented formats are opened (JPEG, PNG, WebP, GIF, BMP, TIFF): no plugin for an obscure format
@@ -14,7 +14,7 @@ What a hostile upload can cost is bounded before anything is decoded (issue 12):
 - truncated data is refused where the decoder can tell: JPEGs are decoded by libjpeg-turbo through simplejpeg in
   strict mode (Pillow hides libjpeg's "Premature end of JPEG file" and fills grey), at the same DCT scale and with
   the same pixels as Pillow's draft mode, at no extra cost; PNGs must reach their IEND chunk.
-Large JPEGs are decoded at reduced scale (draft mode), and crop + resize happen in one resampling step.
+Large JPEGs are decoded at reduced scale (draft mode), just above what the manifest's resize needs.
 """
 
 from __future__ import annotations
@@ -35,17 +35,12 @@ from PIL.JpegImagePlugin import JpegImageFile
 from engine.decode_budget import DecodeBudget
 from engine.errors import Unprocessable
 from engine.manifest import Preprocess
+from engine.preprocess import draft_size, preprocess_image
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 7,700 x 5,200 photo; above that, refuse before decoding
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow's names; JPEG includes MPO (multi-picture JPEG)
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"
 
-_RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 _ORIENTATION = 0x0112
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -143,7 +138,7 @@ def _open(data: bytes, preprocess: Preprocess | None, max_pixels: int) -> Image.
     if width * height > max_pixels:
         raise ImageError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
     if preprocess is not None and isinstance(image, JpegImageFile):
-        image.draft("RGB", _draft_size(width, height, preprocess))
+        image.draft("RGB", draft_size(width, height, preprocess))
     return image
 
 
@@ -403,48 +398,3 @@ def _may_rotate(image: Image.Image) -> bool:
 def _data(image: Image.Image) -> bytes | None:
     """The file's bytes when the image was opened from memory (BytesIO.getvalue shares them: no copy)."""
     return image.fp.getvalue() if isinstance(image.fp, io.BytesIO) and not image.fp.closed else None
-
-
-# --- preprocessing ------------------------------------------------------------------------------------------------
-
-
-def _draft_size(width: int, height: int, preprocess: Preprocess) -> tuple[int, int]:
-    scale = _scale(width, height, preprocess)
-    return math.ceil(width * scale), math.ceil(height * scale)
-
-
-def _scale(width: int, height: int, preprocess: Preprocess) -> float:
-    """Resize factor so the shorter side reaches `resize` and the crop fits in both directions."""
-    crop_h, crop_w = preprocess.size
-    return max(preprocess.resize / min(width, height), crop_h / height, crop_w / width)
-
-
-def preprocess_image(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """Upright image -> float32 [C, H, W]: resize the shorter side, centre crop, (x - mean) / std.
-
-    L images are resized first and made RGB after (bit-identical: bands are resampled independently), so a grey
-    image is resampled at 1 byte per pixel instead of 4; any other mode is made RGB first.
-    """
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    crop_h, crop_w = preprocess.size
-    width, height = image.size
-    scale = _scale(width, height, preprocess)
-    box_w, box_h = crop_w / scale, crop_h / scale
-    left, top = (width - box_w) / 2, (height - box_h) / 2
-    resized = image.resize(
-        (crop_w, crop_h),
-        _RESAMPLING[preprocess.interpolation],
-        box=(left, top, left + box_w, top + box_h),
-    )
-    pixels = np.asarray(resized if resized.mode == "RGB" else resized.convert("RGB"))  # uint8 [H, W, C]
-    if preprocess.channels == "BGR":
-        pixels = pixels[:, :, ::-1]
-    # One pass from uint8 HWC straight into float32 CHW, then one in-place scale: 0.08 ms instead of 0.5 ms
-    # for four whole-array passes; this is why normalising inside the graph (uint8 input) would not pay.
-    mean = np.asarray(preprocess.mean, dtype=np.float32)[:, None, None]
-    inverse_std = (1.0 / np.asarray(preprocess.std, dtype=np.float32))[:, None, None]
-    normalised = np.empty((pixels.shape[2], crop_h, crop_w), dtype=np.float32)
-    np.subtract(pixels.transpose(2, 0, 1), mean, out=normalised, dtype=np.float32)
-    normalised *= inverse_std
-    return normalised

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from engine.images import preprocess_image
 from engine.manifest import Preprocess, Verification
+from engine.preprocess import preprocess_image
 from exporter.errors import ExportError
 from exporter.onnx_expose import output_name
 

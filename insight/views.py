@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from engine.images import preprocess_image
 from engine.manifest import Preprocess
+from engine.preprocess import preprocess_image
 
 MARGIN = 16  # context pixels around the input crop: the largest shift, and room for zoom-out and rotation
 

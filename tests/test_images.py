@@ -14,15 +14,9 @@ import pytest
 from PIL import EpsImagePlugin, Image, ImageOps
 
 from engine.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
-from engine.images import (
-    ImageError,
-    _draft_size,
-    decode_cost,
-    decode_image,
-    load_tensor,
-    preprocess_image,
-)
+from engine.images import ImageError, decode_cost, decode_image, load_tensor
 from engine.manifest import Preprocess
+from engine.preprocess import draft_size, preprocess_image
 
 SPEC = Preprocess(size=[224, 224], resize=256, interpolation="bicubic", mean=[127.0] * 3, std=[128.0] * 3)
 
@@ -116,7 +110,7 @@ def legacy_decode(data: bytes, preprocess: Preprocess | None = None) -> Image.Im
     """decode_image as it was before issue 12 (full-size float64 and RGBA copies): the reference for equality."""
     image = Image.open(io.BytesIO(data))
     if preprocess is not None and image.format == "JPEG":
-        image.draft("RGB", _draft_size(*image.size, preprocess))
+        image.draft("RGB", draft_size(*image.size, preprocess))
     image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
@@ -370,7 +364,7 @@ def test_load_tensor_reserves_its_own_cost():
     data = encode(photo((1200, 900)))
     budget = SpyBudget(1 << 30)
     opened = Image.open(io.BytesIO(data))
-    opened.draft("RGB", _draft_size(*opened.size, SPEC))
+    opened.draft("RGB", draft_size(*opened.size, SPEC))
     load_tensor(data, SPEC, budget=budget)
     assert budget.reserved == [decode_cost(opened, SPEC, rgb=False)]
 
@@ -400,7 +394,7 @@ def test_jpeg_cost_counts_coefficients_only_for_several_scans():
 
     def cost(data: bytes) -> int:
         opened = Image.open(io.BytesIO(data))
-        opened.draft("RGB", _draft_size(*opened.size, SPEC))
+        opened.draft("RGB", draft_size(*opened.size, SPEC))
         return decode_cost(opened, SPEC, rgb=False)
 
     second_scan = baseline[:-2] + b"\xff\xda" + baseline[-2:]  # a second start of scan before the end of image
