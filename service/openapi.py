@@ -36,6 +36,16 @@ _OPTIONS = {
     "dtype": {"enum": list(DTYPES), "default": "float32"},
 }
 
+
+def _nullable(schema: dict) -> dict:
+    """A JSON-body option that may also be null, meaning its default (so echoed `options` can be sent back)."""
+    keywords = {key: value for key, value in schema.items() if key in ("description", "default")}
+    shape = {key: value for key, value in schema.items() if key not in keywords}
+    return {"anyOf": [shape, {"type": "null"}], **keywords}
+
+
+_JSON_OPTIONS = {name: _nullable(schema) for name, schema in _OPTIONS.items()}
+
 _SCHEMAS = {
     "Problem": {
         "type": "object",
@@ -177,7 +187,7 @@ _SCHEMAS = {
                     ]
                 },
             },
-            **_OPTIONS,
+            **_JSON_OPTIONS,
         },
         "additionalProperties": False,
     },
