@@ -24,7 +24,8 @@ import numpy as np
 
 from engine.batcher import MicroBatcher
 from engine.errors import Misconfigured
-from engine.manifest import Manifest, ManifestError, load_verified
+from engine.exports import open_exports
+from engine.manifest import Manifest
 from engine.settings import Settings
 from engine.subgraphs import prefix_models
 
@@ -61,18 +62,17 @@ class Registry:
     _loader: threading.Thread | None = field(default=None, repr=False)
 
     def check(self) -> None:
-        """Read every manifest and verify every ONNX file's sha256; raise StartupError on the first problem."""
-        root = self.settings.models_dir
-        if not root.is_dir():
-            raise StartupError(f"models directory {root} does not exist; export a model first (python -m exporter)")
-        for manifest_path in sorted(root.glob("*/model.json")):
-            try:
-                manifest, onnx_path = load_verified(manifest_path)
-            except ManifestError as exc:
-                raise StartupError(str(exc)) from exc
+        """Read every manifest and verify every ONNX file's sha256; raise StartupError on the first problem.
+
+        StartupError is what gunicorn's on_starting stops the master on, so the core's Misconfigured (a missing
+        or empty folder, a broken export: engine/exports.py) becomes one here, with the same detail.
+        """
+        try:
+            exports = open_exports(self.settings.models_dir)
+        except Misconfigured as exc:
+            raise StartupError(exc.detail, **exc.facts) from exc
+        for manifest, onnx_path in exports:
             self.models[manifest.name] = LoadedModel(manifest, onnx_path)
-        if not self.models:
-            raise StartupError(f"no exported models in {root} (expected {root}/<name>/model.json)")
 
     def load(self) -> None:
         """Open a session per model and run one warm-up batch; sets `ready` when all are done."""

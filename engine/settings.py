@@ -1,6 +1,7 @@
 """One frozen Settings object built from FEATURES_* environment variables (documented in the README).
 
-Nothing else in the service reads os.environ; gunicorn.conf.py and create_app both start from here.
+Nothing else reads FEATURES_* variables: the service (gunicorn.conf.py, create_app), batch extraction and the
+study each build one at their entry point, and their command-line flags override its fields.
 """
 
 from __future__ import annotations
@@ -112,16 +113,22 @@ def _choice(env, name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 def _api_key(env) -> str | None:
-    """FEATURES_API_KEY, or the first line of the file named by FEATURES_API_KEY_FILE (Docker secrets)."""
+    """FEATURES_API_KEY, or the key in the file named by FEATURES_API_KEY_FILE (Docker secrets)."""
     if env.get("FEATURES_API_KEY"):
         return env["FEATURES_API_KEY"]
     path = env.get("FEATURES_API_KEY_FILE")
-    if not path:
-        return None
+    return read_api_key_file(path, "FEATURES_API_KEY_FILE") if path else None
+
+
+def read_api_key_file(path: str | os.PathLike, named: str) -> str:
+    """The API key held in a file, stripped of surrounding whitespace: the one reader for FEATURES_API_KEY_FILE
+    and the batch extractor's --api-key-file (`named` says which, for the error). SettingsError when the file
+    cannot be read or is empty."""
     try:
-        key = Path(path).read_text().strip()
-    except OSError as exc:
-        raise SettingsError(f"FEATURES_API_KEY_FILE={path}: {exc.strerror}") from None
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SettingsError(f"cannot read {named} {path}: {reason}") from None
     if not key:
-        raise SettingsError(f"FEATURES_API_KEY_FILE={path} is empty")
+        raise SettingsError(f"{named} {path} is empty")
     return key

@@ -1,20 +1,23 @@
 """CLI: `python -m extract INPUT… --model NAME --out DIR [options]` (see --help).
 
-Exit status 0 when every input is either a row or a line of failed.csv, 2 with one `error:` line for
-arguments that cannot work, 1 when the run itself could not go on, 130 when interrupted (rerun to resume).
+Settings come from FEATURES_* variables (engine/settings.py), built once here; flags override them. Exit status
+0 when every input is either a row or a line of failed.csv, 2 with one `error:` line for arguments (or settings)
+that cannot work, 1 when the run itself could not go on, 130 when interrupted (rerun to resume).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from engine.errors import FeaturesError, Unavailable
 from engine.features import DTYPES
 from engine.manifest import POOLINGS
-from extract.errors import ExtractError, UsageError
-from extract.job import DEFAULT_BATCH_SIZE, ENGINES, default_models_dir, run
+from engine.settings import PROVIDERS, Settings, read_api_key_file
+from extract.job import DEFAULT_BATCH_SIZE, ENGINES, run
 from extract.local import POOLS
 from extract.plan import FORMATS
 
@@ -37,10 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="exported model name, e.g. efficientnet_lite0")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; reruns resume it)")
     parser.add_argument(
-        "--models-dir",
-        type=Path,
-        default=None,
-        help=f"exported models (default $FEATURES_MODELS_DIR or {default_models_dir()})",
+        "--models-dir", type=Path, help="exported models (default $FEATURES_MODELS_DIR or exported_models)"
+    )
+    parser.add_argument(
+        "--providers",
+        choices=tuple(PROVIDERS),
+        help="ONNX Runtime execution providers: cpu, or cuda (CPU fallback with a warning); "
+        "default $FEATURES_PROVIDERS or cpu",
     )
     parser.add_argument("--levels", type=_csv, help="low,mid,high (default all)")
     parser.add_argument("--layers", type=_csv, help="layer names; overrides --levels")
@@ -49,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference or request")
     parser.add_argument("--server", help="URL of a running service to send the images to instead of computing here")
-    parser.add_argument("--api-key-file", type=Path, help="file holding the service's API key ($FEATURES_API_KEY)")
+    parser.add_argument(
+        "--api-key-file", type=Path, help="file holding the service's API key (default $FEATURES_API_KEY[_FILE])"
+    )
     parser.add_argument("--engine", default="local", choices=ENGINES)
     parser.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
     parser.add_argument(
@@ -61,26 +69,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _api_key(args) -> str | None:
-    if args.api_key_file is None:
-        return os.environ.get("FEATURES_API_KEY") or None
-    try:
-        key = args.api_key_file.read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read --api-key-file {args.api_key_file}: {exc.strerror}") from None
-    if not key:
-        raise UsageError(f"--api-key-file {args.api_key_file} is empty")
-    return key
+def _settings(args: argparse.Namespace) -> Settings:
+    """FEATURES_* settings with the flags that override them."""
+    settings = Settings.from_env()
+    if args.models_dir is not None:
+        settings = replace(settings, models_dir=args.models_dir)
+    if args.providers is not None:
+        settings = replace(settings, providers=args.providers)
+    if args.api_key_file is not None:
+        settings = replace(settings, api_key=read_api_key_file(args.api_key_file, "--api-key-file"))
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _log_warnings()
     try:
         summary = run(
             args.inputs,
             args.model,
             args.out,
-            models_dir=args.models_dir,
+            settings=_settings(args),
             levels=args.levels,
             layers=args.layers,
             pooling=args.pooling,
@@ -88,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             batch_size=args.batch_size,
             server=args.server,
-            api_key=_api_key(args),
             engine=args.engine,
             ray_address=args.ray_address,
             workers=args.workers,
@@ -96,12 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ExtractError as exc:
-        print(f"error: {exc} (finished batches are kept; rerun the same command to resume)", file=sys.stderr)
-        return 1
+    except FeaturesError as exc:
+        return _error(exc)
     except KeyboardInterrupt:
         print(
             f"interrupted; finished batches are kept in {args.out}: rerun the same command to resume", file=sys.stderr
@@ -111,6 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _error(exc: FeaturesError) -> int:
+    """The one place an error becomes this CLI's `error:` line and exit status."""
+    if isinstance(exc, Unavailable):  # ExtractError among them: the run could not go on
+        print(f"error: {exc.detail} (finished batches are kept; rerun the same command to resume)", file=sys.stderr)
+        return 1
+    print(f"error: {exc.detail}", file=sys.stderr)  # what was asked cannot work as given
+    return 2
+
+
+class _Lines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _log_warnings() -> None:
+    """Log warnings (CUDA asked for but not there, ...) as `warning: ...` lines on stderr, like the `error:` line.
+
+    basicConfig does nothing where logging is set up already (a program calling main(), a test runner).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Lines())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def _report(summary: dict) -> None:
     out = summary["out"]
     if summary["state"] == "complete":
@@ -118,9 +146,10 @@ def _report(summary: dict) -> None:
         return
     resumed = f", {summary['resumed_from']} done by an earlier run" if summary["resumed_from"] else ""
     print(f"{summary['inputs']} inputs: {summary['rows']} rows, {summary['failed']} failed{resumed}")
+    ran_on = f" on {summary['provider']}" if summary["provider"] else ""
     print(
         f"processed {summary['processed']} images in {summary['seconds']:.1f} s "
-        f"({summary['images_per_second']:.1f} images/s, {summary['engine']} engine)"
+        f"({summary['images_per_second']:.1f} images/s, {summary['engine']} engine{ran_on})"
     )
     if summary["failed"]:
         print(f"failures with reasons: {Path(out) / 'failed.csv'}")

@@ -2,7 +2,8 @@
 
 A pool of decode workers reads, decodes and preprocesses the next batches (`engine.images.load_tensor`)
 while the main thread runs ONNX Runtime on the current one, on the smallest prefix sub-graph that holds
-every requested layer (`engine.subgraphs`), exactly as the service does for a request.
+every requested layer (`engine.subgraphs`), on the providers asked for, exactly as the service does for a
+request. A file that cannot be used becomes a failed.csv row with its reason (`failure_reason`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.images import DEFAULT_MAX_PIXELS, ImageError, load_tensor
+from engine.errors import FeaturesError
+from engine.images import DEFAULT_MAX_PIXELS, load_tensor
 from engine.manifest import Manifest, Preprocess
 from engine.runtime import OrtRuntime
+from engine.settings import Settings
 from engine.subgraphs import prefix_models
 from extract.plan import Plan
 from extract.writers import BatchResult
@@ -26,20 +29,31 @@ POOLS = ("thread", "process")
 
 
 class LocalModel:
-    """One ONNX Runtime session on the smallest graph that computes `outputs`."""
+    """One ONNX Runtime session on the smallest graph that computes `outputs`, on the providers asked for.
 
-    def __init__(self, onnx_path: Path, manifest: Manifest, outputs: list[str], threads: int):
+    `runtime.provider` is the one that actually runs (CPU, with a warning in `runtime.warnings`, when CUDA was
+    asked for but is not there), read back from the session as the service does.
+    """
+
+    def __init__(self, onnx_path: Path, manifest: Manifest, outputs: list[str], providers: list[str], threads: int):
         self.outputs = list(dict.fromkeys(outputs))
         wanted = set(self.outputs)
         smallest = [prefix for prefix in prefix_models(onnx_path, manifest) if wanted <= set(prefix[0])][:1]
-        self.runtime = OrtRuntime(
-            onnx_path, ["CPUExecutionProvider"], threads, manifest.onnx.dynamic_batch, prefixes=smallest
-        )
+        self.runtime = OrtRuntime(onnx_path, providers, threads, manifest.onnx.dynamic_batch, prefixes=smallest)
 
     def infer(self, plan: Plan, batch: np.ndarray) -> list[np.ndarray]:
         """One array per plan layer, [len(batch), *shape]."""
         by_name = dict(zip(self.outputs, self.runtime.run(self.outputs, batch), strict=True))
         return [by_name[layer.output] for layer in plan.layers]
+
+
+def failure_reason(exc: Exception) -> str:
+    """Why a file became a failed.csv row: the one place where a per-image error turns into its reason."""
+    if isinstance(exc, FeaturesError):  # undecodable, too many pixels, ...: the core's own words
+        return exc.detail
+    if isinstance(exc, OSError):
+        return f"cannot read the file: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"  # one odd file must never stop a run over thousands
 
 
 def decode_rows(rows: list[int], paths: list[str], preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -51,18 +65,14 @@ def decode_rows(rows: list[int], paths: list[str], preprocess: Preprocess, max_p
                 data = handle.read()
             tensors.append(load_tensor(data, preprocess, max_pixels))
             good.append(row)
-        except ImageError as exc:
-            failed.append((row, str(exc)))
-        except OSError as exc:
-            failed.append((row, f"cannot read the file: {exc.strerror or exc}"))
-        except Exception as exc:  # one odd file must never stop a run over thousands
-            failed.append((row, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            failed.append((row, failure_reason(exc)))
     return good, (np.stack(tensors) if tensors else None), failed
 
 
-def process_rows(model: LocalModel, plan: Plan, rows: list[int], paths: list[str]) -> BatchResult:
+def process_rows(model: LocalModel, plan: Plan, rows: list[int], paths: list[str], max_pixels: int) -> BatchResult:
     """Decode and infer in one go (the Ray actors' path; the local engine overlaps the two instead)."""
-    good, batch, failed = decode_rows(rows, paths, plan.model.manifest.preprocess)
+    good, batch, failed = decode_rows(rows, paths, plan.model.manifest.preprocess, max_pixels)
     return _result(model, plan, good, batch, failed)
 
 
@@ -72,28 +82,37 @@ def _result(model: LocalModel, plan: Plan, good: list[int], batch: np.ndarray | 
 
 
 class LocalEngine:
-    """Decode workers (threads or processes) feeding ONNX Runtime, which uses every core."""
+    """Decode workers (threads or processes) feeding ONNX Runtime, which uses every core (or FEATURES_ORT_THREADS)
+    on the providers of the settings (FEATURES_PROVIDERS, --providers)."""
 
     def __init__(
-        self,
-        plan: Plan,
-        batch_size: int,
-        workers: int | None = None,
-        pool: str = "thread",
-        ort_threads: int | None = None,
+        self, plan: Plan, settings: Settings, batch_size: int, workers: int | None = None, pool: str = "thread"
     ):
         self.plan = plan
+        self.settings = settings
         self.batch_size = batch_size
         self.workers = workers or os.cpu_count() or 1
         self.pool_kind = pool
-        self.ort_threads = ort_threads or os.cpu_count() or 1
+        self.ort_threads = settings.ort_threads or os.cpu_count() or 1
         self.model: LocalModel | None = None
         self.pool: Executor | None = None
+
+    @property
+    def provider(self) -> str | None:
+        """The execution provider that ran (read back from the session), once the engine is open."""
+        return self.model.runtime.provider if self.model else None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why it is not the provider asked for (also logged by the runtime when the session opens)."""
+        return list(self.model.runtime.warnings) if self.model else []
 
     def __enter__(self) -> LocalEngine:
         plan = self.plan
         outputs = [layer.output for layer in plan.layers]
-        self.model = LocalModel(plan.model.onnx_path, plan.model.manifest, outputs, self.ort_threads)
+        self.model = LocalModel(
+            plan.model.onnx_path, plan.model.manifest, outputs, self.settings.provider_list, self.ort_threads
+        )
         pool_class = ProcessPoolExecutor if self.pool_kind == "process" else ThreadPoolExecutor
         self.pool = pool_class(self.workers)
         return self
@@ -113,7 +132,8 @@ class LocalEngine:
         def submit() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                in_flight.append(self.pool.submit(decode_rows, chunk, [sources[r] for r in chunk], preprocess))
+                paths = [sources[r] for r in chunk]
+                in_flight.append(self.pool.submit(decode_rows, chunk, paths, preprocess, self.settings.max_pixels))
 
         for _ in range(self.workers + 1):
             submit()

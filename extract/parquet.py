@@ -13,22 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.errors import UsageError
+from extract.extras import require
 from extract.plan import Plan
 
 METADATA_KEY = b"cnn_features"
 
 
-def require_pyarrow() -> None:
-    try:
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise UsageError("--format parquet needs pyarrow: pip install 'cnn-features[extract]'") from None
-
-
 def write_parquet(path: Path, plan: Plan, matrices: list[np.ndarray], rows: np.ndarray, block_bytes: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", "--format parquet")
+    pq = require("pyarrow.parquet", "--format parquet")
 
     value_type = pa.float16() if plan.dtype == "float16" else pa.float32()
     fields = [pa.field("row", pa.int64()), pa.field("path", pa.string())]
@@ -65,7 +58,7 @@ def write_parquet(path: Path, plan: Plan, matrices: list[np.ndarray], rows: np.n
 
 def read_features(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """(paths in row order, {layer name: array [rows, *shape]}) from a features.parquet."""
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading features.parquet")
 
     table = pq.read_table(path)
     description = json.loads(table.schema.metadata[METADATA_KEY])

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import FeaturesError
+from engine.exports import MANIFEST, open_export
 from engine.features import output_name, parse_options, select_layers
-from engine.manifest import Layer, Manifest, ManifestError, load_verified
+from engine.manifest import Layer, Manifest
 from extract.errors import UsageError
 
 FORMATS = ("npy", "parquet")
@@ -68,19 +68,13 @@ class Plan:
 
 
 def local_model(models_dir: Path, name: str) -> ModelInfo:
-    """The exported model `name` in `models_dir`, with its ONNX file checked against the manifest's sha256."""
-    models_dir = Path(models_dir)
-    if not models_dir.is_dir():
-        raise UsageError(f"models directory {models_dir} does not exist; export a model first (python -m exporter)")
-    manifest_path = models_dir / name / "model.json"
-    if not manifest_path.is_file():
-        valid = sorted(p.parent.name for p in models_dir.glob("*/model.json"))
-        raise UsageError(f"no model {name!r} in {models_dir}; models are {', '.join(valid) or 'none'}")
-    try:
-        manifest, onnx_path = load_verified(manifest_path)
-    except ManifestError as exc:
-        raise UsageError(str(exc)) from None
-    return ModelInfo(name, manifest.onnx.sha256, manifest.layers, manifest_path.read_text(), manifest, onnx_path)
+    """The exported model `name` in `models_dir`, with its ONNX file checked against the manifest's sha256.
+
+    UnknownName (listing the exports) or Misconfigured (no such folder, a broken export) as engine.exports says.
+    """
+    manifest, onnx_path = open_export(models_dir, name)
+    text = (Path(models_dir) / name / MANIFEST).read_text()  # copied to DIR/model.json as it is
+    return ModelInfo(name, manifest.onnx.sha256, manifest.layers, text, manifest, onnx_path)
 
 
 def make_plan(sources: list[str], model: ModelInfo, levels, layers, pooling: str, dtype: str, fmt: str) -> Plan:
@@ -91,11 +85,8 @@ def make_plan(sources: list[str], model: ModelInfo, levels, layers, pooling: str
         raw["levels"] = levels
     if layers:
         raw["layers"] = layers
-    try:
-        options = parse_options(raw)
-        chosen = select_layers(model, options)
-    except FeaturesError as exc:
-        raise UsageError(exc.detail) from None
+    options = parse_options(raw)  # InvalidInput, UnknownName: the CLI prints them as they are (exit status 2)
+    chosen = select_layers(model, options)
     if not chosen:
         raise UsageError(f"no layer of {model.name} is at the levels {', '.join(options.levels)}")
     files = file_names([layer.name for layer in chosen])

@@ -18,13 +18,15 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
-import requests
 
+from engine.errors import FeaturesError, UnknownName
 from engine.manifest import Layer, load_manifest
 from extract.errors import ExtractError, UsageError
+from extract.extras import require
 from extract.plan import ModelInfo, Plan
 from extract.writers import BatchResult
 
+requests = require("requests", "--server")
 log = logging.getLogger(__name__)
 DEFAULT_IN_FLIGHT = 4
 RETRIES = 8  # backoff 0.25 s doubling to 8 s: about 40 s of patience with a restarting server
@@ -40,6 +42,8 @@ class ServerClient:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.retries = retries
+        self.provider: str | None = None  # the server's execution provider and its warnings, from the catalogue
+        self.warnings: list[str] = []
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -75,14 +79,17 @@ class ServerClient:
         response = self.request("GET", f"/v1/models/{name}")
         if response.status_code in (401, 403):
             raise UsageError(
-                f"{self.url} refused the API key ({_detail(response)}); give --api-key-file or set FEATURES_API_KEY"
+                f"{self.url} refused the API key ({_detail(response)}); "
+                "give --api-key-file or set FEATURES_API_KEY or FEATURES_API_KEY_FILE"
             )
         if response.status_code == 404:
-            raise UsageError(_detail(response))
+            raise UnknownName(_detail(response))
         if response.status_code != 200:
             raise ExtractError(f"GET /v1/models/{name} answered {response.status_code}: {_detail(response)}")
         try:
             catalogue = response.json()
+            self.provider = catalogue.get("provider")
+            self.warnings = [str(warning) for warning in catalogue.get("warnings") or []]
             for volatile in ("ready", "provider", "providers", "warnings"):  # the same export reads the same
                 catalogue.pop(volatile, None)
             layers = [_catalogue_layer(entry) for entry in catalogue["layers"]]
@@ -94,7 +101,7 @@ class ServerClient:
         try:
             if load_manifest(local).onnx.sha256 == sha256:
                 text = local.read_text()
-        except (OSError, ValueError):
+        except (OSError, FeaturesError):  # ManifestError (Misconfigured), whatever the reason
             pass  # no local copy of this export: the server's description stands in for the manifest
         return ModelInfo(name, sha256, layers, text)
 
@@ -122,6 +129,15 @@ class ServerEngine:
 
     def __exit__(self, *exc_info) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def provider(self) -> str | None:
+        """The provider the server reported for this model (its GPU or CPU, not this machine's)."""
+        return self.client.provider
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.client.warnings
 
     def batches(self, pending: list[int]) -> Iterator[BatchResult]:
         """Results as requests complete (any order; the writer places rows by position)."""

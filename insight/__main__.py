@@ -1,20 +1,26 @@
-"""CLI: `python -m insight --model NAME --out DIR [--models-dir D] [--photos N] [--quick]`.
+"""CLI: `python -m insight --model NAME --out DIR [--models-dir D] [--providers cpu|cuda] [--photos N] [--quick]`.
 
-Writes DIR/insight.json (every figure), DIR/invariance.png and DIR/receptive_field.png, prints what it wrote;
-bad arguments print one `error:` line and exit 2.
+Settings come from FEATURES_* variables (engine/settings.py), built once here; flags override them. Writes
+DIR/insight.json (every figure), DIR/invariance.png and DIR/receptive_field.png, prints what it wrote and the
+execution provider that ran; arguments or settings that cannot work print one `error:` line and exit 2, a study
+that could not go on exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from engine.errors import FeaturesError, Misconfigured, Unavailable
+from engine.settings import PROVIDERS, Settings
 from insight.photos import PHOTOS
-from insight.study import StudyError, open_model, run_study
+from insight.study import open_model, run_study
 from insight.views import select_views
 
 
@@ -25,13 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="exported model name, e.g. efficientnet_lite0")
     parser.add_argument("--out", type=Path, default=Path("docs/insight"), help="output folder (default docs/insight)")
-    parser.add_argument("--models-dir", type=Path, default=Path("exported_models"), help="default exported_models")
+    parser.add_argument("--models-dir", type=Path, help="default $FEATURES_MODELS_DIR or exported_models")
+    parser.add_argument(
+        "--providers", choices=tuple(PROVIDERS),
+        help="ONNX Runtime execution providers: cpu, or cuda (CPU fallback with a warning); "
+        "default $FEATURES_PROVIDERS or cpu",
+    )  # fmt: skip
     parser.add_argument(
         "--photos", type=int, default=len(PHOTOS), metavar="N",
         help=f"use the first N of the {len(PHOTOS)} scikit-image photos (2 to {len(PHOTOS)}; default all)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="one view per transform instead of every view")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default)")
+    parser.add_argument(
+        "--threads", type=int, help="ONNX Runtime threads (default $FEATURES_ORT_THREADS or 0: its default)"
+    )
     return parser
 
 
@@ -49,17 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 2 <= args.photos <= len(PHOTOS):
         parser.error(f"--photos must be from 2 to {len(PHOTOS)}")
+    if args.threads is not None and args.threads < 0:
+        parser.error("--threads must be at least 0")
+    _log_warnings()
     try:
-        from insight.plots import plot_invariance, plot_receptive_fields
-    except ImportError as exc:  # matplotlib is not a serving dependency
-        print(f"error: {exc.name or exc} is missing; pip install -e '.[insight]'", file=sys.stderr)
-        return 2
-    try:
-        model = open_model(args.models_dir, args.model, args.threads)
+        plot_invariance, plot_receptive_fields = _plots()
+        model = open_model(_settings(args), args.model)
         result = run_study(model, list(PHOTOS[: args.photos]), select_views(args.quick))
-    except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except FeaturesError as exc:
+        return _error(exc)
     command = ["python", "-m", "insight", *(sys.argv[1:] if argv is None else argv)]
     result = {**result, "command": shlex.join(command), "quick": args.quick, "tools": _versions()}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -67,9 +78,49 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     written = [json_path, plot_invariance(result, args.out / "invariance.png"),
                plot_receptive_fields(result, args.out / "receptive_field.png")]  # fmt: skip
+    print(f"ran {result['model']} on {result['provider']}")
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _plots():
+    """The plotting functions; matplotlib is the `insight` extra, never a serving dependency."""
+    try:
+        from insight.plots import plot_invariance, plot_receptive_fields
+    except ImportError as exc:
+        raise Misconfigured(f"{exc.name or exc} is missing; pip install -e '.[insight]'") from None
+    return plot_invariance, plot_receptive_fields
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """FEATURES_* settings with the flags that override them."""
+    settings = Settings.from_env()
+    if args.models_dir is not None:
+        settings = replace(settings, models_dir=args.models_dir)
+    if args.providers is not None:
+        settings = replace(settings, providers=args.providers)
+    if args.threads is not None:
+        settings = replace(settings, ort_threads=args.threads)
+    return settings
+
+
+def _error(exc: FeaturesError) -> int:
+    """The one place an error becomes this CLI's `error:` line and exit status."""
+    print(f"error: {exc.detail}", file=sys.stderr)
+    return 1 if isinstance(exc, Unavailable) else 2  # could not go on now / cannot work as given
+
+
+class _Lines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _log_warnings() -> None:
+    """Log warnings (CUDA asked for but not there, ...) as `warning: ...` lines on stderr, like the `error:` line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Lines())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 if __name__ == "__main__":

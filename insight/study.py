@@ -14,20 +14,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
+from engine.errors import InvalidInput
+from engine.exports import open_export
 from engine.features import output_name
-from engine.manifest import Manifest, ManifestError, load_verified
+from engine.manifest import Manifest
 from engine.runtime import OrtRuntime
+from engine.settings import Settings
 from insight.photos import Photo, load_photo
 from insight.views import KINDS, PLAIN, View, context_image, view_tensor
 
 DIGITS = 6
 
 
-class StudyError(RuntimeError):
+class StudyError(InvalidInput):
     """The study cannot run with these arguments; the message is the one line to print."""
 
 
@@ -37,18 +39,11 @@ class Model:
     runtime: OrtRuntime
 
 
-def open_model(models_dir: Path, name: str, threads: int = 0) -> Model:
-    """The exported model, checked against its sha256, on ONNX Runtime's CPU provider (the service's runtime)."""
-    folder = models_dir / name
-    if not (folder / "model.json").is_file():
-        found = sorted(p.parent.name for p in models_dir.glob("*/model.json")) if models_dir.is_dir() else []
-        hint = f"; exported models there: {', '.join(found)}" if found else "; export one with python -m exporter"
-        raise StudyError(f"no exported model {name!r} in {models_dir}{hint}")
-    try:
-        manifest, path = load_verified(folder / "model.json")
-    except ManifestError as exc:
-        raise StudyError(str(exc)) from None
-    runtime = OrtRuntime(path, ["CPUExecutionProvider"], threads, manifest.onnx.dynamic_batch)
+def open_model(settings: Settings, name: str) -> Model:
+    """The exported model `name` in settings.models_dir, checked against its sha256 (UnknownName, Misconfigured
+    as engine.exports says), on the settings' providers and ONNX Runtime threads (0: its default)."""
+    manifest, path = open_export(settings.models_dir, name)
+    runtime = OrtRuntime(path, settings.provider_list, settings.ort_threads, manifest.onnx.dynamic_batch)
     return Model(manifest, runtime)
 
 

@@ -3,6 +3,8 @@
 Crops, rescales, rotations, flips, grey and transparent versions of scikit-image's four photos, saved as
 JPEG, PNG and WebP in nested folders, and files that must fail with a reason instead of stopping a run.
 
+`cli` runs `python -m extract` or `python -m insight` as a user would, with FEATURES_* variables of its own.
+
 Also `python -m tests.extract_helpers BATCHES ARGS…`: the extraction CLI, held still after its first BATCHES
 journaled batches until a signal ends it, so that a test can interrupt or kill a run in the middle without
 racing it (see pausing_cli).
@@ -10,8 +12,10 @@ racing it (see pausing_cli).
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,6 +77,25 @@ def make_collection(root: Path, count: int, seed: int = 0) -> dict[str, list[Pat
     missing = root / "gone.jpg"
     bad = [broken / "truncated.jpg", broken / "random.jpg", broken / "empty.png"]
     return {"good": good, "bad_in_folder": bad, "text": [text], "missing": [missing]}
+
+
+def cli(module: str, *args, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS…` in the repo, with the test's environment plus `env`, output captured."""
+    from tests.conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def photo_folder(root: Path, names: tuple[str, ...] = PHOTOS[:3]) -> Path:
+    """root/photos holding scikit-image photos as JPEG files, one per name."""
+    from tests.conftest import photo_jpeg
+
+    folder = root / "photos"
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / f"{name}.jpg").write_bytes(photo_jpeg(name))
+    return folder
 
 
 def pausing_cli(argv: list[str]) -> int:

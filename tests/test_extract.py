@@ -20,13 +20,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
+from engine.errors import TooLarge
+from engine.settings import Settings, SettingsError, read_api_key_file
 from extract.__main__ import main
 from extract.errors import UsageError
 from extract.inputs import list_sources
+from extract.local import decode_rows, failure_reason
 from extract.parquet import read_features
 from tests.conftest import REPO, Server
-from tests.extract_helpers import make_collection
+from tests.extract_helpers import cli, make_collection, photo_folder
 
 pytestmark = pytest.mark.integration
 MODEL = "efficientnet_lite0"
@@ -34,9 +38,8 @@ COUNT = 240  # ~3-5 s of local extraction on 2 cores; enough batches of 32 to ki
 LAYERS = ("stem", "stride4", "stride8", "stride16", "stride32", "head", "embedding", "logits")
 
 
-def extract(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "extract", *map(str, args), "--no-progress"], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+def extract(*args, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return cli("extract", *args, "--no-progress", env=env, timeout=timeout)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -67,6 +70,7 @@ def reference(collection, models_dir, tmp_path_factory) -> Path:
     result = extract(*collection["args"], "--model", MODEL, "--models-dir", models_dir, "--out", out)
     assert result.returncode == 0, result.stderr
     assert f"{len(collection['inputs'])} inputs: {COUNT} rows, 5 failed" in result.stdout
+    assert "local engine on CPUExecutionProvider)" in result.stdout  # read back from the session
     return out
 
 
@@ -268,11 +272,12 @@ def test_server_mode_matches_local(collection, reference, models_dir, tmp_path):
         result = extract(*common, "--out", out, "--api-key-file", key_file, "--batch-size", "16", "--workers", "3")
         assert result.returncode == 0, result.stderr + server.output()
         log = server.output()
-        key_file.write_text("wrong")
-        refused = extract(*common, "--out", tmp_path / "refused", "--api-key-file", key_file)
+        key_file.write_text("wrong")  # the key from FEATURES_API_KEY_FILE this time, through the same Settings
+        refused = extract(*common, "--out", tmp_path / "refused", env={"FEATURES_API_KEY_FILE": str(key_file)})
     finally:
         server.stop()
     assert "-> 413" in log and "-> 422" in log
+    assert "server engine on CPUExecutionProvider)" in result.stdout  # what the server reported
     assert refused.returncode == 2 and refused.stderr.startswith("error: ") and "API key" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
     for name in ("index.csv", "failed.csv", "model.json"):
@@ -294,6 +299,7 @@ def test_ray_engine_matches_local(collection, reference, models_dir, tmp_path):
                      "--workers", "2", "--batch-size", "8", "--levels", "mid", timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"{len(good) + 1} inputs: {len(good)} rows, 1 failed" in result.stdout
+    assert "ray engine on CPUExecutionProvider)" in result.stdout  # read back in the actors
     paths, arrays = load(out)
     assert paths == [str(path) for path in good] and set(arrays) == {"stride8", "stride16"}
     reference_paths, reference_arrays = load(reference)
@@ -383,3 +389,61 @@ def test_a_folder_with_loop_links_extracts_each_image_once(collection, models_di
     assert "5 inputs: 5 rows, 0 failed" in result.stdout
     assert [row["path"] for row in read_csv(out / "index.csv")] == sorted(map(str, placed))
     assert np.load(out / "embedding.npy").shape == (5, 1280)
+
+
+def test_a_file_that_cannot_be_used_is_a_row_with_the_core_s_own_words(lite0_manifest, tmp_path):
+    """Any FeaturesError of one image (not only ImageError) is a failed.csv reason, in one place."""
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 80), "red").save(big)
+    good, batch, failed = decode_rows([0, 1], [str(big), str(tmp_path / "gone.jpg")], lite0_manifest.preprocess, 5000)
+    assert good == [] and batch is None
+    assert failed == [(0, "image is 100x80 = 8000 pixels, above the limit of 5000"),
+                      (1, "cannot read the file: No such file or directory")]  # fmt: skip
+    assert failure_reason(TooLarge("over the limit of 3 pixels", limit=3)) == "over the limit of 3 pixels"
+    assert failure_reason(ValueError("odd")) == "ValueError: odd"
+
+
+def test_api_key_files_are_read_by_one_helper_for_the_settings_and_the_cli(tmp_path, capsys):
+    key = tmp_path / "key"
+    key.write_text("  the-key \n")
+    assert read_api_key_file(key, "--api-key-file") == "the-key"
+    assert Settings.from_env({"FEATURES_API_KEY_FILE": str(key)}).api_key == "the-key"
+    assert Settings.from_env({"FEATURES_API_KEY": "direct", "FEATURES_API_KEY_FILE": str(key)}).api_key == "direct"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    folder = photo_folder(tmp_path, ("chelsea",))
+    for path, words in (
+        (tmp_path / "missing", "cannot read {} {}: No such file or directory"),
+        (empty, "{} {} is empty"),
+    ):
+        with pytest.raises(SettingsError) as raised:
+            Settings.from_env({"FEATURES_API_KEY_FILE": str(path)})
+        assert raised.value.detail == words.format("FEATURES_API_KEY_FILE", path)
+        argv = [str(folder), "--model", MODEL, "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9",
+                "--api-key-file", str(path), "--no-progress"]  # fmt: skip
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"error: {words.format('--api-key-file', path)}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("missing", "options", "feature"),
+    [
+        ("tqdm", [], "the progress bar (turn it off with --no-progress)"),
+        ("pyarrow", ["--format", "parquet", "--no-progress"], "--format parquet"),
+        ("requests", ["--server", "http://127.0.0.1:9", "--no-progress"], "--server"),
+        ("ray", ["--engine", "ray", "--no-progress"], "--engine ray"),
+    ],
+)
+def test_a_missing_package_of_the_extract_extra_is_named_with_the_extra(
+    missing, options, feature, models_dir, tmp_path, monkeypatch, capsys
+):
+    """The packages are installed here, so each is made unimportable (None in sys.modules) as if it were not,
+    with its submodules that an earlier test imported."""
+    for name in [missing, *(name for name in sys.modules if name.startswith(f"{missing}."))]:
+        monkeypatch.setitem(sys.modules, name, None)
+    folder = photo_folder(tmp_path, ("chelsea",))
+    argv = [str(folder), "--model", MODEL, "--models-dir", str(models_dir), "--out", str(tmp_path / "out"), *options]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: {feature} needs {missing}: pip install 'cnn-features[extract]'\n"
+    assert not (tmp_path / "out").exists()

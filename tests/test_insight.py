@@ -13,9 +13,12 @@ import pytest
 from PIL import Image
 
 from engine.images import preprocess_image
+from engine.registry import Registry, StartupError
+from engine.settings import Settings
 from insight.photos import PHOTOS, load_photo
 from insight.views import KINDS, MARGIN, PLAIN, VIEWS, context_image, select_views, view_tensor
 from tests.conftest import REPO
+from tests.extract_helpers import cli, photo_folder
 
 
 def _study(*args) -> subprocess.CompletedProcess:
@@ -71,7 +74,7 @@ def test_quick_study_has_a_figure_for_every_layer_and_transform(models_dir, lite
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--model", "no_such_model"], "no exported model 'no_such_model'"),
+        (["--model", "no_such_model"], "no model 'no_such_model' in "),
         (["--model", "efficientnet_lite0", "--photos", "1"], "--photos must be from 2 to"),
     ],
 )
@@ -79,3 +82,39 @@ def test_bad_arguments_exit_2_with_one_error_line(models_dir, tmp_path, args, wo
     result = _study(*args, "--models-dir", models_dir, "--out", tmp_path)
     assert result.returncode == 2
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def _models_folder(case: str, models_dir, root) -> tuple[object, str]:
+    """(models folder, the error line both CLIs must print) for one way a models folder cannot serve a model."""
+    if case == "unknown model":
+        return models_dir, f"no model 'nope' in {models_dir}; models are efficientnet_lite0"
+    folder = root / "models"
+    if case == "no folder":
+        return folder, f"models directory {folder} does not exist; export a model first (python -m exporter)"
+    (folder / "nope").mkdir(parents=True)
+    if case == "no export":
+        return folder, f"no exported models in {folder} (expected {folder}/<name>/model.json)"
+    manifest = json.loads((models_dir / "efficientnet_lite0" / "model.json").read_text())
+    manifest["onnx"]["sha256"] = "0" * 64  # an ONNX file that is not the one the manifest was written for
+    (folder / "nope" / "model.json").write_text(json.dumps(manifest))
+    (folder / "nope" / "model.onnx").symlink_to(models_dir / "efficientnet_lite0" / "model.onnx")
+    return folder, f"{folder}/nope/model.onnx sha256 "
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", ["unknown model", "no folder", "no export", "broken export"])
+def test_both_clis_and_the_service_say_the_same_line_for_a_model_they_cannot_use(case, models_dir, tmp_path):
+    """One lookup of exports in the core (engine/exports.py): the same words from python -m extract, python -m
+    insight and the service's start-up check; exit status 2 and nothing written."""
+    folder, words = _models_folder(case, models_dir, tmp_path)
+    images = photo_folder(tmp_path, ("chelsea",))
+    extracted = cli("extract", images, "--model", "nope", "--models-dir", folder, "--out", tmp_path / "out")
+    studied = _study("--model", "nope", "--models-dir", folder, "--out", tmp_path / "insight")
+    assert extracted.returncode == studied.returncode == 2
+    assert extracted.stderr == studied.stderr and len(extracted.stderr.splitlines()) == 1, extracted.stderr
+    assert extracted.stderr.startswith(f"error: {words}"), extracted.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "insight").exists()
+    if case != "unknown model":  # the service has no model name to look up, but reads the folder the same way
+        with pytest.raises(StartupError) as raised:
+            Registry(Settings(models_dir=folder)).check()
+        assert extracted.stderr == f"error: {raised.value.detail}\n"
