@@ -35,11 +35,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--models-dir", type=Path, default=REPO / "exported_models")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each timed run")
-    parser.add_argument("--quick", action="store_true", help="2 s runs: checks the harness, not the machine")
+    parser.add_argument("--quick", action="store_true", help="1 s runs: checks the harness, not the machine")
     parser.add_argument("--env", action="append", default=[], metavar="FEATURES_X=Y", help="service setting")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds = 2.0
+        args.seconds = 1.0
     return args
 
 
@@ -82,12 +82,12 @@ def run(args: argparse.Namespace) -> dict:
     server = servers.service(args.models_dir, work / "service.log", **results["service_env"]).wait_ready()
     try:
         results["checks"] = verify.check_service(server.url + FEATURES, manifest, model_path, images)
-        repeats = 3 if args.quick else 10
+        repeats = 1 if args.quick else 10
         results["server_timings_ms"] = {
             query or "all levels": verify.server_timings(server.url + FEATURES, images, query, repeats)
             for query in ("", "levels=low")
         }
-        load.wrk(server.url, FEATURES, bodies["json"], 32, 2)  # warm up at the highest load, then watch RSS
+        load.wrk(server.url, FEATURES, bodies["json"], 32, min(2, seconds))  # warm up at the highest load, then RSS
         results["service_rss_mib_before"] = server.rss_mib()
         for concurrency in (1, 8, 32):
             for kind in ("raw", "multipart", "json"):

@@ -1,4 +1,7 @@
-"""Real gunicorn processes on 127.0.0.1 for the service and the baselines, and their memory (RSS)."""
+"""Real gunicorn processes on 127.0.0.1 for the service and the baselines, and their memory (RSS).
+
+The one implementation: the benchmark starts its servers here, and the tests start theirs through it too.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
+    """A TCP port nobody listens on at this moment, on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -36,22 +40,27 @@ class Gunicorn:
             self.process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> Gunicorn:
+        """Poll `ready_path` until it answers 200; RuntimeError with the log's end if gunicorn exits or never is."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.output()[-4000:]}")
             try:
                 with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as response:
                     if response.status == 200:
                         return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # not listening, or still loading (503)
                 pass
-            time.sleep(0.25)
-        raise RuntimeError(f"gunicorn not ready in {timeout}s: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready in {timeout}s:\n{self.output()[-4000:]}")
+
+    def output(self) -> str:
+        """Everything gunicorn (master and workers) has logged so far."""
+        return self.log.read_text()
 
     def rss_mib(self) -> float:
         """Resident memory of the master and every worker, in MiB."""
-        return sum(_rss_kib(pid) for pid in [self.process.pid, *_children(self.process.pid)]) / 1024
+        return sum(_rss_kib(pid) for pid in [self.process.pid, *worker_pids(self.process.pid)]) / 1024
 
     def stop(self) -> None:
         self.process.terminate()
@@ -66,9 +75,10 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _children(pid: int) -> list[int]:
+def worker_pids(master_pid: int) -> list[int]:
+    """A gunicorn master's workers: its child processes (none once it has exited)."""
     try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [int(p) for p in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()]
     except OSError:
         return []
 
@@ -83,14 +93,16 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def service_command(models_dir: Path, *gunicorn_args: str, **env: str) -> tuple[list[str], dict[str, str]]:
+    """gunicorn's arguments and environment for the repo's service with its own config: extra arguments (such as
+    --workers) go before the app, `env` holds FEATURES_* settings."""
+    args = ["-c", "service/gunicorn.conf.py", *gunicorn_args, "service.app:create_app()"]
+    return args, {"FEATURES_MODELS_DIR": str(models_dir), **env}
+
+
 def service(models_dir: Path, log: Path, **env: str) -> Gunicorn:
-    """The repo's service with its own gunicorn config (env overrides FEATURES_* settings)."""
-    return Gunicorn(
-        ["-c", "service/gunicorn.conf.py", "service.app:create_app()"],
-        {"FEATURES_MODELS_DIR": str(models_dir), "FEATURES_LOG_LEVEL": "warning", **env},
-        log,
-        "/readyz",
-    )
+    """The repo's service as the benchmark runs it: warnings only in its log (env overrides FEATURES_* settings)."""
+    return Gunicorn(*service_command(models_dir, **{"FEATURES_LOG_LEVEL": "warning", **env}), log, "/readyz")
 
 
 def baseline(app: str, model_dir: Path, log: Path, workers: int) -> Gunicorn:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 NGINX_TEMPLATE = REPO / "deploy" / "nginx.conf.template"
@@ -195,12 +195,3 @@ class Nginx:
 
 
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-
-
-def worker_pids(master_pid: int) -> list[int]:
-    """The gunicorn workers: the master's child processes."""
-    try:
-        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(pid) for pid in children]

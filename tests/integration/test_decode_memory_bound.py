@@ -8,7 +8,6 @@ baseline afterwards. The figures are printed (`pytest -s`) and recorded in docs/
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,27 +15,14 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import Server
-from tests.deploy_files import worker_pids
-
-pytestmark = pytest.mark.integration
+from bench.servers import worker_pids
+from tests.helpers import encode
+from tests.integration.conftest import Server
 
 FEATURES = "/v1/models/efficientnet_lite0/features?layers=logits"
 BUDGET_MB = 1024  # the default FEATURES_DECODE_BUDGET_MB
 ALLOWANCE_MB = 256  # request bodies, responses, Python objects and allocator slack on top of the budget
 SETTLED_MB = 64  # RSS after the burst, above the baseline
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def webp_lossless(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "WEBP", lossless=True)
-    return buffer.getvalue()
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -48,9 +34,9 @@ def status_kib(pid: int, field: str) -> int:
 
 @pytest.fixture(scope="module")
 def hostile() -> list[tuple[str, bytes]]:
-    grey16 = png(Image.new("I;16", (6300, 6300), 40000))  # the upload: 77 KB, 40 MP at 16 bits
-    rgba = png(Image.new("RGBA", (6000, 6000), (10, 200, 30, 128)))
-    webp = webp_lossless(Image.new("RGBA", (6000, 6000), (200, 10, 30, 255)))
+    grey16 = encode(Image.new("I;16", (6300, 6300), 40000), "PNG")  # the upload: 77 KB, 40 MP at 16 bits
+    rgba = encode(Image.new("RGBA", (6000, 6000), (10, 200, 30, 128)), "PNG")
+    webp = encode(Image.new("RGBA", (6000, 6000), (200, 10, 30, 255)), "WEBP", lossless=True)
     return [("16-bit grey PNG", grey16)] * 8 + [("RGBA PNG", rgba)] * 4 + [("lossless WebP", webp)] * 4
 
 

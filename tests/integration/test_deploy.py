@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import io
 import json
 import os
 import re
@@ -20,8 +19,9 @@ import requests
 import yaml
 
 from engine.settings import Settings
-from tests.conftest import REPO, free_port, photo
+from tests.conftest import EXPORT
 from tests.deploy_files import DOCKERFILE, NGINX_TEMPLATE, Dockerfile, command_with, require_tool
+from tests.helpers import REPO, free_port, photo_jpeg
 
 COMPOSE = REPO / "docker-compose.yml"
 KUBERNETES = REPO / "deploy" / "kubernetes.yaml"
@@ -168,19 +168,15 @@ def test_runtime_resolution_pulls_no_torch_and_no_cuda(runtime_resolution):
 
 
 @pytest.fixture(scope="module")
-def image_models(dockerfile, tmp_path_factory) -> Path:
-    """The export stage's own RUN line, run as written with only its output folder moved."""
+def image_models(dockerfile, models_dir) -> Path:
+    """The export stage's own RUN line, run as written with only its output folder moved: it is the session's
+    export (models_dir, tests/conftest.py), which runs exactly these arguments, so it is not run a second time."""
     (run,) = [run for run in dockerfile.runs("export") if "-m exporter" in run]
     command = command_with(run, "-m exporter")
     assert command[:3] == ["python", "-m", "exporter"] and command[-2] == "--out"
-    # The session fixture models_dir (conftest) exports with exactly these arguments for the rest of the suite.
-    assert command[3:-1] == ["zoo", "efficientnet_lite0", "--out"]
-    out = tmp_path_factory.mktemp("image") / command[-1].strip("/")
-    result = subprocess.run([sys.executable, *command[1:-1], str(out)], cwd=REPO, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert (out / "efficientnet_lite0" / "model.json").is_file()
-    return out
+    assert command[3:-1] == [*EXPORT, "--out"]
+    assert (models_dir / "efficientnet_lite0" / "model.json").is_file()
+    return models_dir
 
 
 def test_cmd_env_and_healthcheck_serve_outside_docker(dockerfile, image_models, tmp_path):
@@ -206,10 +202,8 @@ def test_cmd_env_and_healthcheck_serve_outside_docker(dockerfile, image_models, 
                 time.sleep(0.5)
             else:
                 raise AssertionError(f"never healthy:\n{log_path.read_text()}")
-            buffer = io.BytesIO()
-            photo("chelsea").save(buffer, format="JPEG")
             url = f"http://127.0.0.1:{port}/v1/models/efficientnet_lite0/features"
-            response = requests.post(url, data=buffer.getvalue(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+            response = requests.post(url, data=photo_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=60)
             assert response.status_code == 200, response.text
             assert response.json()["provider"] == "CPUExecutionProvider"
         finally:

@@ -9,9 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.zoo import RECIPES
-from tests.conftest import run_cli
-
-pytestmark = pytest.mark.integration
+from tests.integration.conftest import run_cli
 
 
 class _Exploit:

@@ -9,10 +9,9 @@ import torch
 
 from engine.images import preprocess_image
 from engine.manifest import load_manifest
-from tests.conftest import photo, run_cli
+from tests.helpers import photo
+from tests.integration.conftest import run_cli
 from tests.models.tiny_cnn import build
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

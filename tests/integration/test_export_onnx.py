@@ -11,9 +11,8 @@ import torch
 
 from engine.images import preprocess_image
 from engine.manifest import load_manifest
-from tests.conftest import photo, run_cli
-
-pytestmark = pytest.mark.integration
+from tests.helpers import photo
+from tests.integration.conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from engine.images import preprocess_image
-from tests.conftest import photo, run_cli, top5
+from tests.helpers import photo, top5
+from tests.integration.conftest import run_cli
 
-pytestmark = pytest.mark.integration
 PHOTOS = ["chelsea", "coffee", "astronaut", "camera", "rocket"]
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import Server, free_port, photo_jpeg, wait_until
-from tests.deploy_files import Nginx, worker_pids
-
-pytestmark = pytest.mark.integration
+from bench.servers import worker_pids
+from tests.deploy_files import Nginx
+from tests.helpers import free_port, photo_jpeg, wait_until
+from tests.integration.conftest import Server
 
 FEATURES = "/v1/models/efficientnet_lite0/features"
 CLIENT_THREADS = 4

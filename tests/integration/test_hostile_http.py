@@ -2,7 +2,9 @@
 
 Every answer to something a client can send is a 4xx problem+json (never a 5xx, never gunicorn's HTML page),
 each 413 names the limit it hit whatever the framing, and the service keeps serving. Raw sockets, not a
-client library, so that malformed framing reaches the server as it was written.
+client library, so that malformed framing reaches the server as it was written. Odd inputs inside well-framed
+requests (tensor shapes, counts, form limits, maps.png's k) are the app's: tests/unit/test_service_errors.py
+and tests/unit/test_pictures.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import random
 import socket
 import string
 import time
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -22,10 +24,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server, photo_jpeg
-from tests.deploy_files import worker_pids
-
-pytestmark = pytest.mark.integration
+from bench.servers import worker_pids
+from tests.helpers import photo_jpeg
+from tests.integration.conftest import Server
 
 MODEL = "efficientnet_lite0"
 FEATURES = f"/v1/models/{MODEL}/features"
@@ -178,67 +179,6 @@ def test_pipelined_requests_are_answered_in_order(server):
         stream = ResponseStream(sock)
         bodies = [json.loads(stream.next().read()) for _ in range(3)]
     assert bodies[0] == {"status": "ok"} and "models" in bodies[1] and bodies[2]["status"] == "ready"
-
-
-# ------------------------------------------------------------------------------------------------ the inputs
-
-
-def post_json(server, body: dict, path: str = FEATURES) -> requests.Response:
-    return requests.post(server.url + path, json=body, timeout=60)
-
-
-def tensor(shape: list[int], values: np.ndarray | None = None, dtype: str = "float32") -> dict:
-    data = values.astype(dtype).tobytes() if values is not None else b""
-    return {"tensor": {"shape": shape, "dtype": dtype, "data": base64.b64encode(data).decode()}}
-
-
-@pytest.mark.parametrize(
-    "shape",
-    [[2**40, 2**40, 2**40], [2**62, 4], [1] * 65, [], [3, 224, -224], [3.0, 224, 224]],
-    ids=["product overflows int64", "product overflows float", "rank 65", "rank 0", "negative", "float dim"],
-)
-def test_tensor_shapes_that_overflow_or_make_no_sense_are_400(server, shape):
-    response = post_json(server, {"inputs": [tensor(shape)]})
-    assert response.status_code == 400, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    assert "shape" in response.json()["detail"]
-
-
-def test_an_extreme_but_finite_tensor_is_422_never_null(server):
-    huge = np.full((3, 224, 224), 3.0e38, dtype=np.float32)
-    response = post_json(server, {"inputs": [tensor([3, 224, 224], huge)], "layers": "logits"})
-    assert response.status_code == 422, response.text[:300]
-    assert "infinity or NaN" in response.json()["detail"] and response.json()["index"] == 0
-
-
-def test_the_input_count_is_checked_before_anything_is_decoded(server):
-    """Many tiny tensors in a large body: refused from the count alone, without decoding them."""
-    many = {"inputs": [{"tensor": {"shape": [1], "data": "AAAAAA=="}}] * 20_000}
-    response = post_json(server, many)
-    assert response.status_code == 413
-    assert response.json()["detail"] == f"20000 inputs in one request; the limit is {MAX_IMAGES}"
-
-
-def test_too_many_form_fields_name_the_form_limit_not_the_body_limit(server):
-    fields = [("x", "1")] * 2000
-    response = requests.post(server.url + FEATURES, files={"image": ("a.jpg", JPEG)}, data=fields, timeout=60)
-    assert response.status_code == 413
-    detail = response.json()["detail"]
-    assert "parts" in detail and "body is larger" not in detail, detail
-
-
-def test_too_many_images_in_a_form_is_413_naming_the_image_limit(server):
-    files = [("image", (f"{i}.jpg", JPEG)) for i in range(MAX_IMAGES + 1)]
-    response = requests.post(server.url + FEATURES, files=files, timeout=60)
-    assert response.status_code == 413 and response.json()["limit"] == MAX_IMAGES
-
-
-@pytest.mark.parametrize("k", ["²", "٣", "１", "1e3", "0x8", "-1", "65"])
-def test_maps_png_refuses_integers_that_are_not_plain_ascii_digits(server, k):
-    response = requests.post(f"{server.url}/v1/models/{MODEL}/layers/stem/maps.png?k={quote(k)}", data=JPEG,
-                             headers={"Content-Type": "image/jpeg"}, timeout=60)  # fmt: skip
-    assert response.status_code == 400, response.text[:200]
-    assert response.headers["Content-Type"] == "application/problem+json"
 
 
 # ------------------------------------------------------------------------------- generated raw HTTP requests

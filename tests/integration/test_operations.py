@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -15,18 +14,12 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, photo
-from tests.deploy_files import worker_pids
+from bench.servers import worker_pids
+from tests.helpers import photo_jpeg
+from tests.integration.conftest import Server
 from tests.openapi_check import conforms
 
-pytestmark = pytest.mark.integration
 FEATURES = "/v1/models/efficientnet_lite0/features"
-
-
-def jpeg(name: str) -> bytes:
-    buffer = io.BytesIO()
-    photo(name).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 def scrape(url: str) -> dict[str, dict[tuple, float]]:
@@ -64,7 +57,7 @@ def two_workers(models_dir, tmp_path_factory):
 def test_metrics_add_up_across_two_workers(two_workers):
     server, metrics_dir = two_workers
     assert not (metrics_dir / "counter_999999.db").exists(), "stale samples must be removed at start"
-    cat, coffee = jpeg("chelsea"), jpeg("coffee")
+    cat, coffee = photo_jpeg("chelsea"), photo_jpeg("coffee")
     before = scrape(server.url)
     good, bad = 24, 6
 
@@ -120,7 +113,7 @@ def test_a_killed_workers_counts_survive(two_workers):
 
 def test_logs_are_json_lines_with_request_ids(two_workers):
     server, _ = two_workers
-    response = requests.post(server.url + FEATURES, data=jpeg("chelsea"), timeout=60,
+    response = requests.post(server.url + FEATURES, data=photo_jpeg("chelsea"), timeout=60,
                              headers={"Content-Type": "image/jpeg", "X-Request-ID": "trace-42"})  # fmt: skip
     assert response.status_code == 200 and response.headers["X-Request-ID"] == "trace-42"
     generated = requests.get(f"{server.url}/v1/models/nope", timeout=30)
@@ -139,7 +132,7 @@ def test_logs_are_json_lines_with_request_ids(two_workers):
 def test_sigterm_lets_in_flight_requests_finish(models_dir):
     server = Server(models_dir, FEATURES_MAX_IMAGES="16").wait_ready()
     try:
-        files = [("image", (f"{i}.jpg", jpeg("astronaut"))) for i in range(16)]
+        files = [("image", (f"{i}.jpg", photo_jpeg("astronaut"))) for i in range(16)]
         result: dict = {}
 
         def heavy_request() -> None:  # full maps of every layer as JSON numbers: seconds of work
@@ -166,5 +159,3 @@ def test_sigterm_lets_in_flight_requests_finish(models_dir):
     finally:
         if server.process.poll() is None:
             server.stop()
-        else:
-            server.log.close()

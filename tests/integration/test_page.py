@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, Server, photo
+from tests.helpers import REPO, photo_jpeg
+from tests.integration.conftest import Server
 
-pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
@@ -57,7 +57,7 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cat_jpeg(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("page") / "chelsea.jpg"
-    photo("chelsea").save(path, "JPEG", quality=92)
+    path.write_bytes(photo_jpeg("chelsea", quality=92))
     return path
 
 

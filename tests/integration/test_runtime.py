@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from engine.images import preprocess_image
 from engine.runtime import OrtRuntime
 from engine.subgraphs import prefix_models
-from tests.conftest import photo
-
-pytestmark = pytest.mark.integration
+from tests.helpers import photo
 
 
 def test_prefix_graphs_are_chosen_by_depth_and_bit_identical(lite0_dir, lite0_manifest):

@@ -1,13 +1,11 @@
-"""The service under a real gunicorn on 127.0.0.1 with the real exported EfficientNet-Lite0.
-
-Every input form and option is compared with a direct ONNX Runtime run of the same tensors; every response
-is validated against /openapi.json.
+"""The service under a real gunicorn on 127.0.0.1 with the real exported EfficientNet-Lite0: the probes, the
+catalogue and feature requests from concurrent clients, compared with a direct ONNX Runtime run and validated
+against /openapi.json. Every input form and option, on the tiny model through the test client, is
+tests/unit/test_app.py.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,25 +14,19 @@ import requests
 from openapi_spec_validator import validate as validate_spec
 
 from engine.images import load_tensor
-from tests.conftest import photo, top5
+from tests.helpers import photo_jpeg, top5
 from tests.openapi_check import conforms
 
-pytestmark = pytest.mark.integration
 FEATURES = "/v1/models/{model_name}/features"
-
-
-def jpeg(name: str, size=None, fmt="JPEG") -> bytes:
-    image = photo(name)
-    if size:
-        image = image.resize(size)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
 def images():
-    return {"cat": jpeg("chelsea"), "coffee": jpeg("coffee"), "rocket": jpeg("rocket", (200, 300))}
+    return {
+        "cat": photo_jpeg("chelsea"),
+        "coffee": photo_jpeg("coffee"),
+        "rocket": photo_jpeg("rocket", size=(200, 300)),
+    }
 
 
 def post(
@@ -100,70 +92,6 @@ def test_cat_is_a_cat_through_the_logits_layer(server, images, lite0_manifest):
     assert response.status_code == 200
     logits = np.array(response.json()["results"][0]["features"]["high"]["logits"]["values"])
     assert {"tabby", "tiger cat", "Egyptian cat"} & set(top5(logits, lite0_manifest.labels))
-
-
-def test_json_base64_images_and_raw_bodies_agree(server, images):
-    reference = post(server, files={"image": images["coffee"]}, data={"levels": "mid"}).json()["results"][0]
-    as_json = post(server, json={"inputs": [{"image": base64.b64encode(images["coffee"]).decode()}], "levels": ["mid"]})
-    assert as_json.status_code == 200
-    assert as_json.json()["results"][0]["features"] == reference["features"]
-    raw = post(server, body=images["coffee"], content_type="image/jpeg", params={"levels": "mid"})
-    assert raw.status_code == 200
-    assert raw.json()["results"][0]["features"] == reference["features"]
-    assert set(reference["features"]) == {"mid"}
-
-
-def test_query_options_apply_to_every_body_and_conflicts_are_refused(server, images):
-    encoded = base64.b64encode(images["coffee"]).decode()
-    for kwargs in ({"json": {"inputs": [{"image": encoded}]}}, {"files": {"image": images["coffee"]}}):
-        response = post(server, params={"levels": "low", "pooling": "max"}, **kwargs)
-        assert response.status_code == 200
-        assert set(response.json()["results"][0]["features"]) == {"low"}
-        assert response.json()["options"]["pooling"] == "max"
-    conflict = post(server, json={"inputs": [{"image": encoded}], "levels": "mid"}, params={"levels": "low"})
-    assert conflict.status_code == 400 and "both in the query string and in the body" in conflict.json()["detail"]
-
-
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
-def test_raw_png_and_webp(server, fmt, lite0_session, lite0_manifest):
-    data = jpeg("astronaut", (300, 300), fmt)
-    response = post(server, body=data, content_type=f"image/{fmt.lower()}", params={"layers": "stride8"})
-    assert response.status_code == 200, response.text
-    (expected,) = direct(lite0_session, lite0_manifest, [data], ["stride8__avg"])
-    np.testing.assert_allclose(
-        response.json()["results"][0]["features"]["mid"]["stride8"]["values"], expected[0], atol=1e-6
-    )
-
-
-def test_preprocessed_tensor_input(server, lite0_session):
-    rng = np.random.default_rng(0)
-    tensor = rng.standard_normal((3, 224, 224)).astype("<f4")
-    spec = {"shape": [3, 224, 224], "dtype": "float32", "data": base64.b64encode(tensor.tobytes()).decode()}
-    response = post(server, json={"inputs": [{"tensor": spec}], "layers": ["head", "logits"], "pooling": "max"})
-    assert response.status_code == 200, response.text
-    head, logits = lite0_session.run(["head__max", "logits"], {"input": tensor[None]})
-    high = response.json()["results"][0]["features"]["high"]
-    np.testing.assert_allclose(high["head"]["values"], head[0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(high["logits"]["values"], logits[0], rtol=1e-6, atol=1e-5)
-
-
-def test_full_maps_normalised_and_base64_float16(server, images, lite0_session, lite0_manifest):
-    (stem,) = direct(lite0_session, lite0_manifest, [images["cat"]], ["stem"])
-    response = post(server, files={"image": images["cat"]},
-                    data={"layers": "stem", "pooling": "none", "encoding": "base64", "dtype": "float16"})  # fmt: skip
-    assert response.status_code == 200
-    encoded = response.json()["results"][0]["features"]["low"]["stem"]
-    assert encoded["shape"] == [32, 112, 112] and encoded["dtype"] == "float16" and "values" not in encoded
-    got = np.frombuffer(base64.b64decode(encoded["data"]), dtype="<f2").reshape(encoded["shape"])
-    np.testing.assert_allclose(got, stem[0], rtol=1e-3, atol=1e-3)  # float16 resolution
-
-    normalised = post(server, files={"image": images["cat"]}, data={"levels": "high", "normalize": "true"}).json()
-    for name, encoded in normalised["results"][0]["features"]["high"].items():
-        assert abs(np.linalg.norm(encoded["values"]) - 1) < 1e-5, name
-    as_json16 = post(server, files={"image": images["cat"]}, data={"layers": "embedding", "dtype": "float16"}).json()
-    values = as_json16["results"][0]["features"]["high"]["embedding"]["values"]
-    (embedding,) = direct(lite0_session, lite0_manifest, [images["cat"]], ["embedding"])
-    np.testing.assert_allclose(values, embedding[0], rtol=1e-3, atol=1e-3)
 
 
 def test_concurrent_clients_get_exact_results(server, images, lite0_session, lite0_manifest):

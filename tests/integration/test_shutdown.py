@@ -4,8 +4,8 @@ Every worker used to abort at exit ("terminate called after throwing an instance
 SIGABRT): the master imported onnxruntime, whose import starts a native thread owned by a C++ static; a forked
 worker inherits the static but not the thread, and the static's destructor joined that thread at exit(). The
 master now never loads ONNX Runtime, and each worker closes its batchers and sessions in order before the
-interpreter finalises. The micro-batcher's close is checked here too: queued jobs run, later ones get a 503, and
-a job stuck behind a run that never returns fails instead of hanging.
+interpreter finalises. (The micro-batcher's own close, queued jobs run and later ones refused, is
+tests/unit/test_batcher.py.)
 
 Nothing here waits a fixed time for an outcome: each step waits on a condition, with a generous deadline.
 """
@@ -16,21 +16,15 @@ import http.client
 import json
 import os
 import signal
-import threading
-from concurrent.futures import Future
 from contextlib import closing, suppress
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 
-from engine.batcher import BatcherClosed, MicroBatcher
-from service.problems import status_of
-from tests.conftest import Server, photo_jpeg, wait_until
-from tests.deploy_files import worker_pids
-
-pytestmark = pytest.mark.integration
+from bench.servers import worker_pids
+from tests.helpers import photo_jpeg, wait_until
+from tests.integration.conftest import Server
 
 MODEL = "efficientnet_lite0"
 FEATURES_PATH = f"/v1/models/{MODEL}/features"
@@ -126,69 +120,3 @@ def kill_all(server: Server) -> None:
                 os.kill(pid, signal.SIGKILL)
         server.process.kill()
         server.process.wait()
-    server.log.close()
-
-
-# ---------------------------------------------------------------------------------------- MicroBatcher.close
-
-
-class GatedRuntime:
-    """OrtRuntime's batcher-facing half: each run waits for `release`; `entered` is set once a run began."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.runs: list[int] = []
-
-    def session_for(self, outputs: list[str]) -> object:
-        return self
-
-    def run_session(self, session: object, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
-        self.entered.set()
-        assert self.release.wait(DEADLINE_S)
-        self.runs.append(len(batch))
-        return [batch.sum(axis=1, keepdims=True) for _ in outputs]
-
-
-def ones(images: int) -> np.ndarray:
-    return np.ones((images, 3), dtype=np.float32)
-
-
-def start_close(batcher: MicroBatcher, timeout: float) -> threading.Thread:
-    closer = threading.Thread(target=batcher.close, args=(timeout,), name="closer")
-    closer.start()
-    wait_until(lambda: batcher.closed, DEADLINE_S, "close to begin")
-    return closer
-
-
-def test_close_runs_queued_jobs_then_refuses_new_ones() -> None:
-    runtime = GatedRuntime()
-    batcher = MicroBatcher(runtime, max_batch=16, max_wait_ms=0)
-    first = batcher.submit(["y"], ones(1))
-    wait_until(runtime.entered.is_set, DEADLINE_S, "the first run to start")
-    queued = [batcher.submit(["y"], ones(2)), batcher.submit(["y"], ones(3))]
-    closer = start_close(batcher, DEADLINE_S)
-    with pytest.raises(BatcherClosed) as refused:
-        batcher.submit(["y"], ones(1))
-    assert status_of(refused.value) == 503  # the HTTP edge answers 503 + Retry-After
-    runtime.release.set()
-    closer.join(DEADLINE_S)
-    assert not closer.is_alive() and not batcher._thread.is_alive()
-    assert [job.result(timeout=0)[0].shape[0] for job in (first, *queued)] == [1, 2, 3]
-    assert sum(runtime.runs) == 6
-
-
-def test_close_fails_jobs_queued_behind_a_run_that_does_not_return() -> None:
-    runtime = GatedRuntime()
-    batcher = MicroBatcher(runtime, max_batch=16, max_wait_ms=0)
-    stuck = batcher.submit(["y"], ones(1))
-    wait_until(runtime.entered.is_set, DEADLINE_S, "the first run to start")
-    queued: Future = batcher.submit(["y"], ones(1))
-    try:
-        batcher.close(timeout=0.2)  # the run is gated until after close returns, whatever this timeout
-        with pytest.raises(BatcherClosed):
-            queued.result(timeout=0)
-    finally:
-        runtime.release.set()
-    assert stuck.result(timeout=DEADLINE_S)[0].shape == (1, 1)
-    wait_until(lambda: not batcher._thread.is_alive(), DEADLINE_S, "the batcher thread to end")

@@ -19,9 +19,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import Server, photo_jpeg
-
-pytestmark = pytest.mark.integration
+from tests.helpers import photo_jpeg
+from tests.integration.conftest import Server
 
 FEATURES = "/v1/models/efficientnet_lite0/features"
 HELD = 64

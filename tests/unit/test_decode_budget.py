@@ -8,7 +8,7 @@ import pytest
 
 from engine.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
 from engine.errors import Unavailable
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 def test_budget_refuses_at_once_what_can_never_fit():

@@ -19,6 +19,12 @@ def test_options_from_strings_lists_and_bools():
     assert parse_options({}) == FeatureOptions()
 
 
+def test_null_means_the_default_so_echoed_options_go_back_as_they_are():
+    nulls = dict.fromkeys(("levels", "layers", "pooling", "normalize", "encoding", "dtype"))
+    assert parse_options(nulls) == FeatureOptions()
+    assert parse_options({"levels": ["low"], "layers": None, "dtype": None}) == FeatureOptions(levels=("low",))
+
+
 @pytest.mark.parametrize(
     "raw",
     [{"levels": "top"}, {"layers": ""}, {"layers": 3}, {"pooling": "sum"}, {"normalize": "perhaps"}, {"colour": "red"}],

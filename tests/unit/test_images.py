@@ -1,4 +1,4 @@
-"""Unit tests of safe decoding and preprocessing (engine.images)."""
+"""Unit tests of safe decoding (engine.images) and preprocessing (engine.preprocess)."""
 
 from __future__ import annotations
 
@@ -17,24 +17,17 @@ from engine.decode_budget import DecodeBudget, DecodeBusy, ImageTooCostly
 from engine.images import ImageError, decode_cost, decode_image, load_tensor
 from engine.manifest import Preprocess
 from engine.preprocess import draft_size, preprocess_image
+from tests.helpers import encode, exif, photo
 
 SPEC = Preprocess(size=[224, 224], resize=256, interpolation="bicubic", mean=[127.0] * 3, std=[128.0] * 3)
 
 
-def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def photo(size=(451, 300)) -> Image.Image:
-    from skimage import data
-
-    return Image.fromarray(data.chelsea()).resize(size)
+def cat(size=(451, 300)) -> Image.Image:
+    return photo("chelsea").resize(size)
 
 
 def test_preprocess_shape_dtype_and_range():
-    tensor = preprocess_image(photo(), SPEC)
+    tensor = preprocess_image(cat(), SPEC)
     assert tensor.shape == (3, 224, 224) and tensor.dtype == np.float32 and tensor.flags["C_CONTIGUOUS"]
     assert tensor.min() >= -1.0 and tensor.max() <= 128 / 128
 
@@ -50,7 +43,7 @@ def test_preprocess_is_a_centre_crop():
 
 def test_non_square_network_input():
     spec = Preprocess(size=[128, 256], resize=160)
-    assert preprocess_image(photo(), spec).shape == (3, 128, 256)
+    assert preprocess_image(cat(), spec).shape == (3, 128, 256)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +51,7 @@ def test_non_square_network_input():
     [
         (b"", "empty"),
         (b"%PDF-1.4 not an image at all", "not a recognised image"),
-        (encode(photo())[:3000], "truncated"),
+        (encode(cat())[:3000], "truncated"),
     ],
 )
 def test_bad_bytes_are_refused(data, reason):
@@ -94,7 +87,7 @@ def test_transparent_pixels_become_white():
 
 
 def test_jpeg_draft_mode_decodes_large_images_smaller_but_close():
-    big = photo((3000, 2000))
+    big = cat((3000, 2000))
     data = encode(big, quality=95)
     drafted = decode_image(data, SPEC)
     assert drafted.size[1] >= SPEC.resize and drafted.size[0] < 3000  # reduced, still large enough
@@ -139,12 +132,6 @@ def palette_image(size=(97, 61)) -> Image.Image:
     return image
 
 
-def exif(orientation: int) -> bytes:
-    tags = Image.Exif()
-    tags[0x0112] = orientation
-    return tags.tobytes()
-
-
 SOURCES = {
     "I;16 PNG": lambda: encode(Image.fromarray(noise((61, 97), 60000, np.uint16)), "PNG"),
     "I;16B TIFF": lambda: encode(
@@ -161,12 +148,12 @@ SOURCES = {
     "P GIF, transparent index": lambda: encode(palette_image(), "GIF", transparency=3),
     "CMYK TIFF": lambda: encode(Image.fromarray(noise((61, 97, 4)), "CMYK"), "TIFF"),
     "CMYK JPEG": lambda: encode(Image.fromarray(noise((61, 97, 4)), "CMYK"), quality=90),
-    "L JPEG": lambda: encode(photo().convert("L")),
-    "RGB JPEG": lambda: encode(photo()),
-    "RGB JPEG progressive": lambda: encode(photo(), progressive=True),
-    "RGB WebP": lambda: encode(photo(), "WEBP"),
+    "L JPEG": lambda: encode(cat().convert("L")),
+    "RGB JPEG": lambda: encode(cat()),
+    "RGB JPEG progressive": lambda: encode(cat(), progressive=True),
+    "RGB WebP": lambda: encode(cat(), "WEBP"),
     "RGBA WebP lossless": lambda: encode(Image.fromarray(noise((61, 97, 4)), "RGBA"), "WEBP", lossless=True),
-    "BMP": lambda: encode(photo(), "BMP"),
+    "BMP": lambda: encode(cat(), "BMP"),
 }
 
 
@@ -182,12 +169,12 @@ def test_decoded_pixels_are_those_of_the_previous_implementation(source):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda o: encode(photo((97, 61)), exif=exif(o)),
+        lambda o: encode(cat((97, 61)), exif=exif(o)),
         lambda o: encode(Image.fromarray(noise((61, 97), 60000, np.uint16)), "PNG", exif=exif(o)),
         lambda o: encode(Image.fromarray(noise((61, 97, 4)), "RGBA"), "PNG", exif=exif(o)),
         lambda o: encode(palette_image(), "PNG", exif=exif(o)),
-        lambda o: encode(photo((97, 61)), "TIFF", exif=exif(o)),
-        lambda o: encode(photo((97, 61)), "WEBP", exif=exif(o)),
+        lambda o: encode(cat((97, 61)), "TIFF", exif=exif(o)),
+        lambda o: encode(cat((97, 61)), "WEBP", exif=exif(o)),
     ],
     ids=["JPEG", "I;16 PNG", "RGBA PNG", "P PNG", "TIFF", "WebP"],
 )
@@ -213,7 +200,7 @@ def test_grey_images_resized_before_rgb_give_the_same_tensor(source, interpolati
 @pytest.mark.parametrize("shorter_side", [300, 700, 1100, 2100])  # DCT scale 1, 1/2, 1/4, 1/8 for resize 256
 def test_strict_jpeg_decoder_gives_pillows_draft_pixels(shorter_side, subsampling, progressive):
     width = shorter_side * 4 // 3 + 1
-    data = encode(photo((width, shorter_side)), quality=88, subsampling=subsampling, progressive=progressive)
+    data = encode(cat((width, shorter_side)), quality=88, subsampling=subsampling, progressive=progressive)
     drafted = decode_image(data, SPEC)
     assert_same_image(drafted, legacy_decode(data, SPEC))
     assert math.ceil(shorter_side / drafted.size[1]) in (1, 2, 4, 8)
@@ -275,7 +262,7 @@ def test_no_external_program_is_started(monkeypatch):
 
 
 def test_multi_picture_jpegs_are_jpegs():
-    data = encode(photo(), "MPO", save_all=True, append_images=[photo()])
+    data = encode(cat(), "MPO", save_all=True, append_images=[cat()])
     assert Image.open(io.BytesIO(data)).format == "MPO"
     assert_same_image(decode_image(data), legacy_decode(data))
 
@@ -285,7 +272,7 @@ def test_multi_picture_jpegs_are_jpegs():
 
 @pytest.mark.parametrize("progressive", [False, True])
 def test_truncated_jpeg_closed_with_an_end_marker_is_refused(progressive):
-    data = encode(photo(), progressive=progressive)
+    data = encode(cat(), progressive=progressive)
     forged = data[: len(data) * 2 // 3] + b"\xff\xd9"
     Image.open(io.BytesIO(forged)).load()  # Pillow fills the missing part with grey and says nothing
     with pytest.raises(ImageError, match="truncated"):
@@ -297,11 +284,11 @@ def test_truncated_jpeg_closed_with_an_end_marker_is_refused(progressive):
 @pytest.mark.parametrize("cut", [1, 100, 2000])
 def test_cut_jpeg_is_refused(cut):
     with pytest.raises(ImageError, match="truncated"):
-        decode_image(encode(photo())[:-cut])
+        decode_image(encode(cat())[:-cut])
 
 
 def test_jpeg_warnings_that_lose_no_data_are_accepted():
-    data = encode(photo())
+    data = encode(cat())
     padded = data[:-2] + b"\x00\x00\x00" + data[-2:]  # "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9"
     assert_same_image(decode_image(padded), legacy_decode(padded))
 
@@ -317,13 +304,13 @@ def test_jpeg_warnings_that_lose_no_data_are_accepted():
     ids=["no IEND", "IEND cut", "IDAT cut", "half"],
 )
 def test_truncated_png_is_refused(cut):
-    data = encode(photo(), "PNG")
+    data = encode(cat(), "PNG")
     with pytest.raises(ImageError, match="truncated"):
         decode_image(cut(data))
 
 
 def test_png_with_bytes_after_iend_is_accepted():
-    data = encode(photo(), "PNG")
+    data = encode(cat(), "PNG")
     assert_same_image(decode_image(data + b"trailing junk"), legacy_decode(data))
 
 
@@ -355,13 +342,13 @@ def test_a_full_budget_makes_decoding_wait_then_give_up():
     with budget.reserve(1 << 30):
         started = time.monotonic()
         with pytest.raises(DecodeBusy, match=r"could not set \d+ MB aside within 0\.1 s; retry in 1 s"):
-            load_tensor(encode(photo()), SPEC, budget=budget, timeout=0.1)
+            load_tensor(encode(cat()), SPEC, budget=budget, timeout=0.1)
         assert time.monotonic() - started >= 0.1
-    assert load_tensor(encode(photo()), SPEC, budget=budget, timeout=0.1).shape == (3, 224, 224)
+    assert load_tensor(encode(cat()), SPEC, budget=budget, timeout=0.1).shape == (3, 224, 224)
 
 
 def test_load_tensor_reserves_its_own_cost():
-    data = encode(photo((1200, 900)))
+    data = encode(cat((1200, 900)))
     budget = SpyBudget(1 << 30)
     opened = Image.open(io.BytesIO(data))
     opened.draft("RGB", draft_size(*opened.size, SPEC))
@@ -389,7 +376,7 @@ class SpyBudget(DecodeBudget):
 
 
 def test_jpeg_cost_counts_coefficients_only_for_several_scans():
-    baseline = encode(photo((2400, 1600)))  # 4:2:0: the coefficients of 3.84 MP, 1.5 samples per pixel, 2 bytes
+    baseline = encode(cat((2400, 1600)))  # 4:2:0: the coefficients of 3.84 MP, 1.5 samples per pixel, 2 bytes
     coefficients = 2400 * 1600 * 3 // 2 * 2
 
     def cost(data: bytes) -> int:
@@ -399,7 +386,7 @@ def test_jpeg_cost_counts_coefficients_only_for_several_scans():
 
     second_scan = baseline[:-2] + b"\xff\xda" + baseline[-2:]  # a second start of scan before the end of image
     after_the_end = baseline + b"\xff\xda\x00\x08"  # what follows the end of image is not decoded
-    progressive = encode(photo((2400, 1600)), progressive=True)
+    progressive = encode(cat((2400, 1600)), progressive=True)
     assert coefficients < cost(second_scan) == cost(progressive) < coefficients + (8 << 20)  # + 600 x 400 drafted
     assert cost(after_the_end) == cost(baseline) < cost(second_scan) - coefficients / 2
 

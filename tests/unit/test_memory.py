@@ -7,7 +7,6 @@ the estimate plus a small slack, and the estimate within 3x of it.
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import subprocess
@@ -19,8 +18,8 @@ import pytest
 from PIL import Image
 
 from engine import memory
+from tests.helpers import REPO, encode, exif
 
-REPO = Path(__file__).resolve().parent.parent
 LINUX = Path("/proc/self/clear_refs").exists()
 SLACK = 8 << 20  # allocator rounding, lazily loaded codec tables, Python objects
 W, H = 5000, 4000  # 20 MP
@@ -64,18 +63,6 @@ def rle8_bmp(width: int, height: int) -> bytes:
     header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
     offset = 14 + len(header) + len(palette)
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + palette + pixels
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def exif(orientation: int) -> bytes:
-    tags = Image.Exif()
-    tags[0x0112] = orientation
-    return tags.tobytes()
 
 
 def second(fmt: str, mode: str, colour, **kwargs) -> bytes:
@@ -168,6 +155,7 @@ def test_decode_cost_bounds_the_measured_peak(kind, how):
 AFTER_THREADS = """
 import sys, threading
 from engine import memory
+from tests.helpers import REPO, encode, exif
 from engine.images import load_tensor
 from engine.manifest import Preprocess
 

@@ -1,7 +1,9 @@
-"""Filter and activation-map PNGs, labels and the page: rendering units, then the real model under gunicorn.
+"""Filter and activation-map PNGs, labels and the page: rendering units, then the endpoints on the tiny model
+through Flask's test client.
 
 The PNG pipeline is checked against a direct ONNX Runtime run (channel choice, map, background); every
-error answer is validated against the OpenAPI document.
+error answer is validated against the OpenAPI document. The real model under gunicorn is
+tests/integration/test_pictures.py.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import onnx
 import pytest
-import requests
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
@@ -31,26 +33,17 @@ from engine.pictures import (
     overlay,
     strongest_channels,
 )
-from service.openapi import openapi_document
-from tests.conftest import Server
-from tests.openapi_check import conforms
-from tests.test_service_http import jpeg
+from tests.helpers import photo_jpeg
+from tests.openapi_check import conforming_png, conforms
+from tests.unit.conftest import make_app
+from tests.unit.tiny_model import INPUT_SHAPE, LABELS, NAME
 
 FILTERS = "/v1/models/{model_name}/layers/{layer_name}/filters.png"
 MAPS = "/v1/models/{model_name}/layers/{layer_name}/maps.png"
-LABELS = "/v1/models/{model_name}/labels"
-SPATIAL = ["stem", "stride4", "stride8", "stride16", "stride32", "head"]
-
-
-def _open_png(response, path: str, method: str) -> Image.Image:
-    """A 200 image/png the document promises for this operation, decoded."""
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"] == "image/png"
-    assert "image/png" in openapi_document()["paths"][path][method]["responses"]["200"]["content"]
-    image = Image.open(io.BytesIO(response.content))
-    image.load()
-    assert image.format == "PNG" and image.mode == "RGB"
-    return image
+LABELS_PATH = "/v1/models/{model_name}/labels"
+SPATIAL = ["stem", "stride4", "stride8", "stride16"]
+SIZE = INPUT_SHAPE[1]  # the tiny model's input is square
+TILE = SIZE + 4  # a map tile and its gap (engine/pictures.py)
 
 
 # --- rendering units ------------------------------------------------------------------------------------------
@@ -135,29 +128,34 @@ def test_first_conv_is_found_through_padding_and_stops_at_the_next_conv(tmp_path
         image_filters(path, manifest, "residual")  # a second Conv feeds it too
 
 
-# --- the real model under gunicorn ----------------------------------------------------------------------------
+# --- the endpoints on the tiny model ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def cat() -> bytes:
-    return jpeg("chelsea")
+    return photo_jpeg("chelsea")
 
 
-def _maps(server, layer: str, params=None, model="efficientnet_lite0", **kwargs):
-    response = requests.post(
-        f"{server.url}/v1/models/{model}/layers/{layer}/maps.png", params=params, timeout=60, **kwargs
-    )
+def _maps(client, layer: str, model: str = NAME, **kwargs):
+    response = client.post(f"/v1/models/{model}/layers/{layer}/maps.png", **kwargs)
     if response.status_code != 200:
         conforms(response, MAPS, "post")
     return response
 
 
-@pytest.mark.integration
-def test_filters_png_shows_the_stem_filters_of_the_graph(server, lite0_dir):
-    response = requests.get(f"{server.url}/v1/models/efficientnet_lite0/layers/stem/filters.png", timeout=30)
-    image = _open_png(response, FILTERS, "get")
-    assert image.size == (402, 202) == filter_grid_size(32, 3, 3)
-    graph = onnx.load(str(lite0_dir / "model.onnx")).graph
+def _jpeg_body(data: bytes) -> dict:
+    return {"data": data, "content_type": "image/jpeg"}
+
+
+def _form(*names: str, data: bytes, **fields: str) -> dict:
+    return {"data": {"image": [(io.BytesIO(data), name) for name in names], **fields},
+            "content_type": "multipart/form-data"}  # fmt: skip
+
+
+def test_filters_png_shows_the_stem_filters_of_the_graph(client, tiny_dir):
+    image = conforming_png(client.get(f"/v1/models/{NAME}/layers/stem/filters.png"), FILTERS, "get")
+    assert image.size == filter_grid_size(4, 3, 3) == (4 * (3 * 16 + 2) + 2, 3 * 16 + 2 + 2)
+    graph = onnx.load(str(tiny_dir / "model.onnx")).graph
     conv = next(node for node in graph.node if node.op_type == "Conv")
     assert conv.input[0] == "input"
     weights = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == conv.input[1])
@@ -165,61 +163,58 @@ def test_filters_png_shows_the_stem_filters_of_the_graph(server, lite0_dir):
     assert np.abs(np.asarray(image)[10, 10] - expected * 255).max() <= 1
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     ("layer", "model", "status", "words"),
     [
-        ("stride4", "efficientnet_lite0", 400, "feature maps, not pixels"),
-        ("logits", "efficientnet_lite0", 400, "feature maps, not pixels"),
-        ("nope", "efficientnet_lite0", 404, "has no layer 'nope'"),
+        ("stride4", NAME, 400, "feature maps, not pixels"),
+        ("logits", NAME, 400, "feature maps, not pixels"),
+        ("nope", NAME, 404, "has no layer 'nope'"),
         ("stem", "no_such_model", 404, "no model 'no_such_model'"),
     ],
 )
-def test_filters_png_errors(server, layer, model, status, words):
-    response = requests.get(f"{server.url}/v1/models/{model}/layers/{layer}/filters.png", timeout=30)
+def test_filters_png_errors(client, layer, model, status, words):
+    response = client.get(f"/v1/models/{model}/layers/{layer}/filters.png")
     assert response.status_code == status
     conforms(response, FILTERS)
-    assert words in response.json()["detail"]
+    assert words in response.json["detail"]
 
 
-@pytest.mark.integration
-def test_maps_png_draws_the_strongest_channels_of_a_direct_run(server, cat, lite0_session, lite0_manifest):
-    response = _maps(server, "stride8", params={"k": 3}, data=cat, headers={"Content-Type": "image/jpeg"})
-    image = _open_png(response, MAPS, "post")
-    assert image.size == maps_grid_size(3, 224, 224) == (3 * 228 + 4, 40 + 228 + 4)
-    tensor = load_tensor(cat, lite0_manifest.preprocess)
-    (maps,) = lite0_session.run([lite0_manifest.layer("stride8").outputs["none"]], {"input": tensor[None]})
-    background = input_pixels(tensor, lite0_manifest.preprocess)
+def test_maps_png_draws_the_strongest_channels_of_a_direct_run(client, cat, tiny_session, tiny_manifest):
+    response = _maps(client, "stride4", query_string={"k": 3}, **_jpeg_body(cat))
+    image = conforming_png(response, MAPS, "post")
+    assert image.size == maps_grid_size(3, SIZE, SIZE) == (3 * TILE + 4, 40 + TILE + 4)
+    tensor = load_tensor(cat, tiny_manifest.preprocess)
+    (maps,) = tiny_session.run([tiny_manifest.layer("stride4").outputs["none"]], {"input": tensor[None]})
+    background = input_pixels(tensor, tiny_manifest.preprocess)
     for index, (channel, _) in enumerate(strongest_channels(maps[0], 3)):
-        left, top = 4 + index * 228, 44
+        left, top = 4 + index * TILE, 44
         expected = overlay(background, maps[0][channel], MAP_ALPHA)
-        tile = np.asarray(image)[top + 24 : top + 224, left : left + 224].astype(int)  # below the channel label
+        tile = np.asarray(image)[top + 24 : top + SIZE, left : left + SIZE].astype(int)  # below the channel label
         assert np.abs(tile - expected[24:]).max() <= 2, channel  # same channel, same map, same background
 
 
-@pytest.mark.integration
-def test_maps_png_every_spatial_layer_and_input_form(server, cat, lite0_manifest):
+def test_maps_png_every_spatial_layer_and_input_form(client, cat, tiny_manifest):
     reference = None
     for layer in SPATIAL:
-        response = _maps(server, layer, files={"image": ("cat.jpg", cat, "image/jpeg")})
-        assert _open_png(response, MAPS, "post").size == (916, 500)  # k = 8 by default
+        response = _maps(client, layer, **_form("cat.jpg", data=cat))
+        shown = min(8, tiny_manifest.layer(layer).shape[0])  # k = 8 by default, at most every channel
+        assert conforming_png(response, MAPS, "post").size == maps_grid_size(shown, SIZE, SIZE)
         if layer == "stem":
-            reference = np.asarray(Image.open(io.BytesIO(response.content)))
-    as_json = _maps(server, "stem", json={"inputs": [{"image": base64.b64encode(cat).decode()}]})
-    tensor = load_tensor(cat, lite0_manifest.preprocess).astype("<f4")
+            reference = np.asarray(Image.open(io.BytesIO(response.get_data())))
+    as_json = _maps(client, "stem", json={"inputs": [{"image": base64.b64encode(cat).decode()}]})
+    tensor = load_tensor(cat, tiny_manifest.preprocess).astype("<f4")
     as_tensor = _maps(
-        server, "stem",
-        json={"inputs": [{"tensor": {"shape": [3, 224, 224], "data": base64.b64encode(tensor.tobytes()).decode()}}]},
+        client, "stem",
+        json={"inputs": [{"tensor": {"shape": INPUT_SHAPE, "data": base64.b64encode(tensor.tobytes()).decode()}}]},
     )  # fmt: skip
     for response in (as_json, as_tensor):
-        np.testing.assert_array_equal(np.asarray(_open_png(response, MAPS, "post")), reference)
-    one = _maps(server, "head", data={"k": "1", "alpha": "0.25"}, files={"image": ("cat.jpg", cat, "image/jpeg")})
-    assert _open_png(one, MAPS, "post").size == (228 + 4, 40 + 228 + 4)
-    many = _maps(server, "stem", params={"k": 64}, data=cat, headers={"Content-Type": "image/jpeg"})
-    assert _open_png(many, MAPS, "post").size == maps_grid_size(32, 224, 224)  # only 32 channels exist
+        np.testing.assert_array_equal(np.asarray(conforming_png(response, MAPS, "post")), reference)
+    one = _maps(client, "stride16", **_form("cat.jpg", data=cat, k="1", alpha="0.25"))
+    assert conforming_png(one, MAPS, "post").size == (TILE + 4, 40 + TILE + 4)
+    many = _maps(client, "stride16", query_string={"k": 64}, **_jpeg_body(cat))
+    assert conforming_png(many, MAPS, "post").size == maps_grid_size(16, SIZE, SIZE)  # only 16 channels exist
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     ("layer", "params", "body", "status", "words"),
     [
@@ -236,58 +231,54 @@ def test_maps_png_every_spatial_layer_and_input_form(server, cat, lite0_manifest
         ("stem", None, "", 422, "empty"),
     ],
 )
-def test_maps_png_errors(server, cat, layer, params, body, status, words):
+def test_maps_png_errors(client, cat, layer, params, body, status, words):
     data = cat if body == "cat" else body.encode()
-    response = _maps(server, layer, params=params, data=data, headers={"Content-Type": "image/jpeg"})
+    response = _maps(client, layer, query_string=params, **_jpeg_body(data))
     assert response.status_code == status, response.text
-    assert words in response.json()["detail"]
+    assert words in response.json["detail"]
 
 
-@pytest.mark.integration
-def test_maps_png_takes_one_image_only(server, cat):
-    two = [("image", ("a.jpg", cat, "image/jpeg")), ("image", ("b.jpg", cat, "image/jpeg"))]
-    response = _maps(server, "stem", files=two)
+@pytest.mark.parametrize("k", ["²", "٣", "１", "1e3", "0x8", "-1", "65"])
+def test_maps_png_refuses_integers_that_are_not_plain_ascii_digits(client, cat, k):
+    response = client.post(f"/v1/models/{NAME}/layers/stem/maps.png?k={quote(k)}", **_jpeg_body(cat))
+    assert response.status_code == 400, response.text[:200]
+    assert response.headers["Content-Type"] == "application/problem+json"
+
+
+def test_maps_png_takes_one_image_only(client, cat):
+    response = _maps(client, "stem", **_form("a.jpg", "b.jpg", data=cat))
     assert response.status_code == 400
-    assert "one image" in response.json()["detail"]
-    response = _maps(server, "stem", json={"inputs": [], "k": 3})
+    assert "one image" in response.json["detail"]
+    response = _maps(client, "stem", json={"inputs": [], "k": 3})
     assert response.status_code == 400
-    response = _maps(server, "stem", data=b"{}", headers={"Content-Type": "text/plain"})
+    response = _maps(client, "stem", data=b"{}", content_type="text/plain")
     assert response.status_code == 415
-    response = _maps(server, "stem", model="no_such_model", data=cat, headers={"Content-Type": "image/jpeg"})
+    response = _maps(client, "stem", model="no_such_model", **_jpeg_body(cat))
     assert response.status_code == 404
 
 
-@pytest.mark.integration
-def test_labels(server, lite0_manifest):
-    response = requests.get(f"{server.url}/v1/models/efficientnet_lite0/labels", timeout=30)
-    conforms(response, LABELS)
-    body = response.json()
-    assert body["layer"] == "logits" and len(body["labels"]) == 1000 and body["labels"][281] == "tabby"
-    missing = requests.get(f"{server.url}/v1/models/no_such_model/labels", timeout=30)
+def test_labels(client):
+    response = client.get(f"/v1/models/{NAME}/labels")
+    conforms(response, LABELS_PATH)
+    assert response.json == {"model": NAME, "layer": "logits", "labels": LABELS}
+    missing = client.get("/v1/models/no_such_model/labels")
     assert missing.status_code == 404
-    conforms(missing, LABELS)
+    conforms(missing, LABELS_PATH)
 
 
-@pytest.mark.integration
-def test_page_and_assets_open_without_the_key_the_api_does_not(models_dir):
-    keyed = Server(models_dir, FEATURES_API_KEY="pictures-key").wait_ready()
-    try:
-        page = requests.get(f"{keyed.url}/", timeout=30)
+def test_page_and_assets_open_without_the_key_the_api_does_not(tiny_models):
+    keyed = make_app(tiny_models, api_key="pictures-key").test_client()
+    with keyed.get("/") as page:  # files are streamed: closing the response closes them
         assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
         assert "/static/app.js" in page.text
-        for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
-            response = requests.get(f"{keyed.url}/static/{asset}", timeout=30)
+    for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        with keyed.get(f"/static/{asset}") as response:
             assert response.status_code == 200 and kind in response.headers["Content-Type"]
-        denied = requests.get(f"{keyed.url}/v1/models/efficientnet_lite0/labels", timeout=30)
-        assert denied.status_code == 401
-        conforms(denied, LABELS)
-        denied = requests.get(f"{keyed.url}/v1/models/efficientnet_lite0/layers/stem/filters.png", timeout=30)
-        assert denied.status_code == 401
-        conforms(denied, FILTERS)
-        allowed = requests.get(
-            f"{keyed.url}/v1/models/efficientnet_lite0/layers/stem/filters.png",
-            headers={"Authorization": "Bearer pictures-key"}, timeout=30,
-        )  # fmt: skip
-        assert _open_png(allowed, FILTERS, "get").size == (402, 202)
-    finally:
-        keyed.stop()
+    denied = keyed.get(f"/v1/models/{NAME}/labels")
+    assert denied.status_code == 401
+    conforms(denied, LABELS_PATH)
+    denied = keyed.get(f"/v1/models/{NAME}/layers/stem/filters.png")
+    assert denied.status_code == 401
+    conforms(denied, FILTERS)
+    allowed = keyed.get(f"/v1/models/{NAME}/layers/stem/filters.png", headers={"Authorization": "Bearer pictures-key"})
+    assert conforming_png(allowed, FILTERS, "get").size == filter_grid_size(4, 3, 3)
