@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.batcher import MicroBatcher
-from engine.errors import Misconfigured
 from engine.exports import open_exports
 from engine.manifest import Manifest
 from engine.settings import Settings
@@ -33,10 +32,6 @@ if TYPE_CHECKING:
     from engine.runtime import OrtRuntime
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Misconfigured):
-    """The service cannot start with these models; the message is the one line to print."""
 
 
 @dataclass
@@ -62,16 +57,9 @@ class Registry:
     _loader: threading.Thread | None = field(default=None, repr=False)
 
     def check(self) -> None:
-        """Read every manifest and verify every ONNX file's sha256; raise StartupError on the first problem.
-
-        StartupError is what gunicorn's on_starting stops the master on, so the core's Misconfigured (a missing
-        or empty folder, a broken export: engine/exports.py) becomes one here, with the same detail.
-        """
-        try:
-            exports = open_exports(self.settings.models_dir)
-        except Misconfigured as exc:
-            raise StartupError(exc.detail, **exc.facts) from exc
-        for manifest, onnx_path in exports:
+        """Read every manifest and verify every ONNX file's sha256; Misconfigured on the first problem (a missing
+        or empty folder, a broken export: engine/exports.py), whose detail is the one line start-up prints."""
+        for manifest, onnx_path in open_exports(self.settings.models_dir):
             self.models[manifest.name] = LoadedModel(manifest, onnx_path)
 
     def load(self) -> None:

@@ -16,6 +16,7 @@ PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class SettingsError(Misconfigured):
@@ -48,6 +49,9 @@ class Settings:
     send_timeout: int = 30  # seconds a client may take to read a response before the connection is dropped
     log_level: str = "info"
     log_format: str = "json"  # json (one object per line) | text
+    # prometheus_client's own variable: the folder where gunicorn workers share their samples (set by
+    # service/gunicorn.conf.py before the fork); unset when the app runs in one process
+    metrics_dir: Path | None = None
 
     @property
     def provider_list(self) -> list[str]:
@@ -102,6 +106,7 @@ class Settings:
             send_timeout=integer("SEND_TIMEOUT", defaults.send_timeout, 1),
             log_level=env.get("FEATURES_LOG_LEVEL", defaults.log_level).lower(),
             log_format=_choice(env, "LOG_FORMAT", defaults.log_format, ("json", "text")),
+            metrics_dir=Path(env[METRICS_DIR_VARIABLE]) if env.get(METRICS_DIR_VARIABLE) else None,
         )
 
 

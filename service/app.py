@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     registry = Registry(settings, batch_observer=metrics.batch_observer)
-    registry.check()  # StartupError: bad manifest or checksum stops the worker with one line
+    registry.check()  # Misconfigured: a bad manifest or checksum stops the worker with one line
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_images + FORM_OPTION_PARTS  # images plus option fields

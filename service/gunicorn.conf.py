@@ -21,8 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine.registry import Registry, StartupError
-from engine.settings import Settings, SettingsError
+from engine.errors import Misconfigured
+from engine.registry import Registry
+from engine.settings import METRICS_DIR_VARIABLE, Settings, SettingsError
 from service.logs import TEXT_FORMAT, JsonFormatter
 
 try:
@@ -62,14 +63,14 @@ def on_starting(server):
     """In the master, before any worker forks: check every manifest and checksum; prepare the metrics folder."""
     try:
         Registry(_settings).check()
-    except StartupError as exc:
+    except Misconfigured as exc:
         server.log.error("cannot start: %s", exc)
         sys.exit(1)
-    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="features-metrics-"))
+    folder = _settings.metrics_dir or Path(tempfile.mkdtemp(prefix="features-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):  # samples of a previous run would be added to this one's
         stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    os.environ[METRICS_DIR_VARIABLE] = str(folder)  # for prometheus_client and each worker's Settings
 
 
 def child_exit(server, worker):

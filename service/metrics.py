@@ -7,7 +7,7 @@ that lands on any worker reports the whole server. Without it (tests, `flask run
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,7 +19,6 @@ from prometheus_client import (
     multiprocess,
 )
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -60,9 +59,9 @@ def batch_observer(model: str):
     return observe
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text exposition of every worker's samples (multiprocess mode) or of this process."""
-    if os.environ.get(MULTIPROCESS_ENV):
+def exposition(multiprocess_dir: Path | None) -> tuple[bytes, str]:
+    """The text exposition of every worker's samples (multiprocess mode: Settings.metrics_dir) or of this process."""
+    if multiprocess_dir is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

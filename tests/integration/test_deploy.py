@@ -19,9 +19,9 @@ import requests
 import yaml
 
 from engine.settings import Settings
-from tests.conftest import EXPORT
 from tests.deploy_files import DOCKERFILE, NGINX_TEMPLATE, Dockerfile, command_with, require_tool
 from tests.helpers import REPO, free_port, photo_jpeg
+from tests.integration.conftest import EXPORT
 
 COMPOSE = REPO / "docker-compose.yml"
 KUBERNETES = REPO / "deploy" / "kubernetes.yaml"
@@ -273,8 +273,9 @@ def test_compose_passes_every_setting_with_the_service_default(compose_config):
     quoted = set(re.findall(r'"([A-Z][A-Z_]+)"', source))  # "FEATURES_HOST" or integer("PORT", ...)
     defaults = Settings()
     fixed_by_image = {"models_dir", "host", "port", "providers"}
+    made_by_the_server = {"metrics_dir"}  # prometheus_client's shared folder: gunicorn.conf.py creates it
     wanted = {f"FEATURES_{field.name.upper()}" for field in dataclasses.fields(Settings)} - {
-        f"FEATURES_{name.upper()}" for name in fixed_by_image
+        f"FEATURES_{name.upper()}" for name in fixed_by_image | made_by_the_server
     }
     for name, service in compose_config["services"].items():
         if name == "nginx":

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from engine.errors import Misconfigured
 from engine.manifest import (
     Layer,
     Manifest,
@@ -22,7 +23,6 @@ from engine.manifest import (
     load_manifest,
     load_verified,
 )
-from engine.registry import StartupError
 from engine.settings import Settings
 from exporter.receptive_field import analyse
 from service.app import create_app
@@ -105,7 +105,7 @@ def test_a_bad_models_folder_stops_the_app_with_one_line(tiny_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     for folder, message in ((broken, "does not match its manifest"), (tmp_path / "empty", "no exported models"),
                             (tmp_path / "none", "does not exist")):  # fmt: skip
-        with pytest.raises(StartupError, match=message) as stopped:
+        with pytest.raises(Misconfigured, match=message) as stopped:
             create_app(Settings(models_dir=folder))
         assert "\n" not in str(stopped.value)
 

@@ -23,7 +23,6 @@ from engine.decode_budget import DecodeBusy, ImageTooCostly
 from engine.errors import FeaturesError, InvalidInput, Misconfigured, TooLarge, Unavailable, UnknownName, Unprocessable
 from engine.images import ImageError
 from engine.manifest import ManifestError
-from engine.registry import StartupError
 from engine.runtime import RuntimeClosed
 from engine.settings import SettingsError
 from service.problems import Unauthorized, UnsupportedMediaType, problem, problem_headers, status_of
@@ -225,7 +224,7 @@ KINDS = {InvalidInput: 400, Unauthorized: 401, UnknownName: 404, TooLarge: 413, 
          Unprocessable: 422, Misconfigured: 500, Unavailable: 503, FeaturesError: 500}  # fmt: skip
 # every error the core and the HTTP edge define, by the status its kind gives it
 ERRORS = {NoImageFilters: 400, ImageTooCostly: 413, ImageError: 422, ManifestError: 500, SettingsError: 500,
-          StartupError: 500, DecodeBusy: 503, BatcherClosed: 503, RuntimeClosed: 503}  # fmt: skip
+          DecodeBusy: 503, BatcherClosed: 503, RuntimeClosed: 503}  # fmt: skip
 
 
 def _instance(kind: type[FeaturesError], **facts) -> FeaturesError:

@@ -29,8 +29,9 @@ from extract.errors import UsageError
 from extract.inputs import list_sources
 from extract.local import decode_rows, failure_reason
 from extract.parquet import read_features
-from tests.conftest import REPO, Server
-from tests.extract_helpers import cli, make_collection, photo_folder
+from tests.helpers import REPO
+from tests.integration.conftest import Server
+from tests.integration.extract_helpers import cli, make_collection, photo_folder
 
 pytestmark = pytest.mark.integration
 MODEL = "efficientnet_lite0"
@@ -218,7 +219,14 @@ def start_and_stop(args: list, out: Path, stop: signal.Signals, batches: int) ->
     deadline only turns a run that never gets there into a failure instead of a hang.
     """
     expected = journal_entries(out) + batches
-    command = [sys.executable, "-m", "tests.extract_helpers", str(batches), *map(str, args), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.integration.extract_helpers",
+        str(batches),
+        *map(str, args),
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while journal_entries(out) < expected and process.poll() is None and time.monotonic() < deadline:

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Server
 from tests.deploy_files import require_tool
+from tests.helpers import REPO
+from tests.integration.conftest import Server
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ELLIPSIS = "…"
 DOCUMENTED_SERVER = "localhost:8000"
-CURL = re.compile(r"(?:^|[\s;&|(])curl\s")
+CURL = re.compile(r"(?:^|[;&|(]\s*)curl\s", re.MULTILINE)  # curl as a command, not a package name
 OUTPUT_FILE = re.compile(r"(?:^|\s)(?:-o|--output)\s+(\S+)")
 STATUS_LINE = re.compile(r"HTTP/[\d.]+ (\d{3})\b")
 PNG_BODY = re.compile(r"\(PNG image, (\d+) × (\d+) pixels\)")

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.errors import Misconfigured
 from engine.images import preprocess_image
-from engine.registry import Registry, StartupError
+from engine.registry import Registry
 from engine.settings import Settings
 from insight.photos import PHOTOS, load_photo
 from insight.views import KINDS, MARGIN, PLAIN, VIEWS, context_image, select_views, view_tensor
-from tests.conftest import REPO
-from tests.extract_helpers import cli, photo_folder
+from tests.helpers import REPO
+from tests.integration.extract_helpers import cli, photo_folder
 
 
 def _study(*args) -> subprocess.CompletedProcess:
@@ -115,6 +116,6 @@ def test_both_clis_and_the_service_say_the_same_line_for_a_model_they_cannot_use
     assert extracted.stderr.startswith(f"error: {words}"), extracted.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "insight").exists()
     if case != "unknown model":  # the service has no model name to look up, but reads the folder the same way
-        with pytest.raises(StartupError) as raised:
+        with pytest.raises(Misconfigured) as raised:
             Registry(Settings(models_dir=folder)).check()
         assert extracted.stderr == f"error: {raised.value.detail}\n"

@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 import requests
 
-from tests.conftest import Server, photo_jpeg
-from tests.extract_helpers import cli, photo_folder
+from tests.helpers import photo_jpeg
+from tests.integration.conftest import Server
+from tests.integration.extract_helpers import cli, photo_folder
 
 pytestmark = pytest.mark.integration
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

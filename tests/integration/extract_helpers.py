@@ -5,7 +5,7 @@ JPEG, PNG and WebP in nested folders, and files that must fail with a reason ins
 
 `cli` runs `python -m extract` or `python -m insight` as a user would, with FEATURES_* variables of its own.
 
-Also `python -m tests.extract_helpers BATCHES ARGS…`: the extraction CLI, held still after its first BATCHES
+Also `python -m tests.integration.extract_helpers BATCHES ARGS…`: the extraction CLI, held still after its first BATCHES
 journaled batches until a signal ends it, so that a test can interrupt or kill a run in the middle without
 racing it (see pausing_cli).
 """
@@ -81,7 +81,7 @@ def make_collection(root: Path, count: int, seed: int = 0) -> dict[str, list[Pat
 
 def cli(module: str, *args, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS…` in the repo, with the test's environment plus `env`, output captured."""
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
@@ -89,7 +89,7 @@ def cli(module: str, *args, env: dict[str, str] | None = None, timeout: float = 
 
 def photo_folder(root: Path, names: tuple[str, ...] = PHOTOS[:3]) -> Path:
     """root/photos holding scikit-image photos as JPEG files, one per name."""
-    from tests.conftest import photo_jpeg
+    from tests.helpers import photo_jpeg
 
     folder = root / "photos"
     folder.mkdir(parents=True)
