@@ -29,7 +29,7 @@ from extract.writers import BatchResult
 requests = require("requests", "--server")
 log = logging.getLogger(__name__)
 DEFAULT_IN_FLIGHT = 4
-RETRIES = 8  # backoff 0.25 s doubling to 8 s: about 40 s of patience with a restarting server
+RETRIES = 8  # backoff 0.25 s doubling to 8 s: about 32 s of patience with a restarting server
 TIMEOUT = (10, 300)  # connect, read (a big batch on a busy CPU server can take a while)
 
 
