@@ -7,7 +7,7 @@ study each build one at their entry point, and their command-line flags override
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import Misconfigured
@@ -64,6 +64,10 @@ class Settings:
             return self.ort_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // self.workers)
+
+    def overridden(self, **fields) -> Settings:
+        """These settings with the fields a command line gave (None: not given, keep the environment's)."""
+        return replace(self, **{name: value for name, value in fields.items() if value is not None})
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

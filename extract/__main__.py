@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import FeaturesError, Unavailable
@@ -71,14 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """FEATURES_* settings with the flags that override them."""
-    settings = Settings.from_env()
-    if args.models_dir is not None:
-        settings = replace(settings, models_dir=args.models_dir)
-    if args.providers is not None:
-        settings = replace(settings, providers=args.providers)
-    if args.api_key_file is not None:
-        settings = replace(settings, api_key=read_api_key_file(args.api_key_file, "--api-key-file"))
-    return settings
+    key = read_api_key_file(args.api_key_file, "--api-key-file") if args.api_key_file is not None else None
+    return Settings.from_env().overridden(models_dir=args.models_dir, providers=args.providers, api_key=key)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ import logging
 import platform
 import shlex
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import FeaturesError, Misconfigured, Unavailable
@@ -95,14 +94,9 @@ def _plots():
 
 def _settings(args: argparse.Namespace) -> Settings:
     """FEATURES_* settings with the flags that override them."""
-    settings = Settings.from_env()
-    if args.models_dir is not None:
-        settings = replace(settings, models_dir=args.models_dir)
-    if args.providers is not None:
-        settings = replace(settings, providers=args.providers)
-    if args.threads is not None:
-        settings = replace(settings, ort_threads=args.threads)
-    return settings
+    return Settings.from_env().overridden(
+        models_dir=args.models_dir, providers=args.providers, ort_threads=args.threads
+    )
 
 
 def _error(exc: FeaturesError) -> int:

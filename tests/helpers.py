@@ -11,11 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 from PIL import Image
 
 from bench.servers import free_port
+from engine.images import load_tensor
 
-__all__ = ["REPO", "encode", "exif", "free_port", "photo", "photo_jpeg", "top5", "wait_until"]
+__all__ = [
+    "REPO", "assert_first_filter_drawn", "assert_pooled_layers_equal", "direct_run", "encode", "exif", "free_port",
+    "photo", "photo_jpeg", "top5", "wait_until",
+]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,3 +65,34 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> fl
             return time.monotonic() - started
         time.sleep(0.05)
     raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+def direct_run(session, manifest, image_bytes: list[bytes], outputs: list[str]) -> list[np.ndarray]:
+    """What ONNX Runtime gives for the same images without the service in between."""
+    batch = np.stack([load_tensor(data, manifest.preprocess) for data in image_bytes])
+    return session.run(outputs, {manifest.onnx.input: batch})
+
+
+def assert_pooled_layers_equal(results: list[dict], session, manifest, image_bytes: list[bytes]) -> None:
+    """Each result holds every layer of the manifest, grouped by level, as the avg-pooled vector a direct run gives."""
+    layers = manifest.layers
+    expected = direct_run(
+        session, manifest, image_bytes, [layer.outputs.get("avg", layer.outputs["none"]) for layer in layers]
+    )
+    for index, result in enumerate(results):
+        assert set(result["features"]) == {"low", "mid", "high"}
+        for layer, reference in zip(layers, expected, strict=True):
+            got = result["features"][layer.level][layer.name]
+            assert got["shape"] == [layer.shape[0]] and got["dtype"] == "float32"
+            np.testing.assert_allclose(got["values"], reference[index], rtol=1e-6, atol=1e-6)
+
+
+def assert_first_filter_drawn(image: Image.Image, onnx_path: Path) -> None:
+    """filters.png's first cell shows filter 0 of the graph's first convolution, which reads the input, scaled so
+    its largest weight spans the colour range (its top-left pixel checked)."""
+    graph = onnx.load(str(onnx_path)).graph
+    conv = next(node for node in graph.node if node.op_type == "Conv")
+    assert conv.input[0] == "input"
+    weights = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == conv.input[1])
+    expected = 0.5 + 0.5 * weights[0, :, 0, 0] / np.abs(weights[0]).max()  # filter 0, its top-left weight
+    assert np.abs(np.asarray(image)[10, 10] - expected * 255).max() <= 1

@@ -13,8 +13,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate as validate_spec
 
-from engine.images import load_tensor
-from tests.helpers import photo_jpeg, top5
+from tests.helpers import assert_pooled_layers_equal, direct_run, photo_jpeg, top5
 from tests.openapi_check import conforms
 
 FEATURES = "/v1/models/{model_name}/features"
@@ -39,12 +38,6 @@ def post(
     )  # fmt: skip
     conforms(response, FEATURES, "post")
     return response
-
-
-def direct(lite0_session, lite0_manifest, image_bytes: list[bytes], outputs: list[str]) -> list[np.ndarray]:
-    """What ONNX Runtime gives for the same images without the service in between."""
-    batch = np.stack([load_tensor(data, lite0_manifest.preprocess) for data in image_bytes])
-    return lite0_session.run(outputs, {"input": batch})
 
 
 def test_openapi_document_is_valid(server):
@@ -76,15 +69,7 @@ def test_multipart_images_all_levels_match_direct_run(server, images, lite0_sess
     body = response.json()
     assert body["model"] == "efficientnet_lite0" and body["provider"] == "CPUExecutionProvider"
     assert [r["name"] for r in body["results"]] == ["cat.jpg", "rocket.jpg"]
-    layers = lite0_manifest.layers
-    expected = direct(lite0_session, lite0_manifest, [images["cat"], images["rocket"]],
-                      [layer.outputs.get("avg", layer.outputs["none"]) for layer in layers])  # fmt: skip
-    for index, result in enumerate(body["results"]):
-        assert set(result["features"]) == {"low", "mid", "high"}
-        for layer, reference in zip(layers, expected, strict=True):
-            got = result["features"][layer.level][layer.name]
-            assert got["shape"] == [layer.shape[0]] and got["dtype"] == "float32"
-            np.testing.assert_allclose(got["values"], reference[index], rtol=1e-6, atol=1e-6)
+    assert_pooled_layers_equal(body["results"], lite0_session, lite0_manifest, [images["cat"], images["rocket"]])
 
 
 def test_cat_is_a_cat_through_the_logits_layer(server, images, lite0_manifest):
@@ -97,7 +82,7 @@ def test_cat_is_a_cat_through_the_logits_layer(server, images, lite0_manifest):
 def test_concurrent_clients_get_exact_results(server, images, lite0_session, lite0_manifest):
     names = list(images)
     expected = dict(
-        zip(names, direct(lite0_session, lite0_manifest, list(images.values()), ["head__avg"])[0], strict=True)
+        zip(names, direct_run(lite0_session, lite0_manifest, list(images.values()), ["head__avg"])[0], strict=True)
     )
 
     def call(i):

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from engine.images import load_tensor
-from tests.helpers import encode, photo, photo_jpeg
+from tests.helpers import assert_pooled_layers_equal, direct_run, encode, photo, photo_jpeg
 from tests.openapi_check import conforms
 from tests.unit.tiny_model import INPUT_SHAPE, LABELS, NAME
 
@@ -41,12 +40,6 @@ def post(client, **kwargs):
     response = client.post(URL, **kwargs)
     conforms(response, FEATURES, "post")
     return response
-
-
-def direct(session, manifest, image_bytes: list[bytes], outputs: list[str]) -> list[np.ndarray]:
-    """What ONNX Runtime gives for the same images without the app in between."""
-    batch = np.stack([load_tensor(data, manifest.preprocess) for data in image_bytes])
-    return session.run(outputs, {"input": batch})
 
 
 def test_openapi_probes_and_catalogue(client, tiny_manifest):
@@ -82,15 +75,7 @@ def test_multipart_images_all_levels_match_direct_run(client, images, tiny_sessi
     assert [(r["index"], r["name"]) for r in body["results"]] == [(0, "cat.jpg"), (1, "rocket.jpg")]
     assert body["options"] == {"levels": ["low", "mid", "high"], "layers": None, "pooling": "avg", "normalize": False,
                                "encoding": "json", "dtype": "float32"}  # fmt: skip
-    layers = tiny_manifest.layers
-    expected = direct(tiny_session, tiny_manifest, [images["cat"], images["rocket"]],
-                      [layer.outputs.get("avg", layer.outputs["none"]) for layer in layers])  # fmt: skip
-    for index, result in enumerate(body["results"]):
-        assert set(result["features"]) == {"low", "mid", "high"}
-        for layer, reference in zip(layers, expected, strict=True):
-            got = result["features"][layer.level][layer.name]
-            assert got["shape"] == [layer.shape[0]] and got["dtype"] == "float32"
-            np.testing.assert_allclose(got["values"], reference[index], rtol=1e-6, atol=1e-6)
+    assert_pooled_layers_equal(body["results"], tiny_session, tiny_manifest, [images["cat"], images["rocket"]])
 
 
 def test_json_base64_images_and_raw_bodies_agree(client, images):
@@ -124,7 +109,7 @@ def test_raw_png_and_webp(client, fmt, tiny_session, tiny_manifest):
     data = encode(photo("astronaut").resize((300, 300)), fmt)
     response = post(client, data=data, content_type=f"image/{fmt.lower()}", query_string={"layers": "stride8"})
     assert response.status_code == 200, response.text
-    (expected,) = direct(tiny_session, tiny_manifest, [data], ["stride8__avg"])
+    (expected,) = direct_run(tiny_session, tiny_manifest, [data], ["stride8__avg"])
     np.testing.assert_allclose(response.json["results"][0]["features"]["mid"]["stride8"]["values"], expected[0],
                                atol=1e-6)  # fmt: skip
 
@@ -161,14 +146,14 @@ def test_levels_layers_and_pooling_choose_what_is_returned(client, images, tiny_
                         query_string={"layers": "stride8,embedding", "pooling": pooling})  # fmt: skip
         got = response.json["results"][0]["features"]
         name = tiny_manifest.layer("stride8").outputs[pooling]
-        stride8, embedding = direct(tiny_session, tiny_manifest, [images["cat"]], [name, "embedding"])
+        stride8, embedding = direct_run(tiny_session, tiny_manifest, [images["cat"]], [name, "embedding"])
         assert got["mid"]["stride8"]["shape"] == list(stride8.shape[1:])  # [8] pooled, [8, 8, 8] as maps
         np.testing.assert_allclose(got["mid"]["stride8"]["values"], stride8[0], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(got["high"]["embedding"]["values"], embedding[0], rtol=1e-6, atol=1e-6)
 
 
 def test_full_maps_normalised_and_base64_float16(client, images, tiny_session, tiny_manifest):
-    (stem,) = direct(tiny_session, tiny_manifest, [images["cat"]], ["stem"])
+    (stem,) = direct_run(tiny_session, tiny_manifest, [images["cat"]], ["stem"])
     response = post(client, data=form(("cat.jpg", images["cat"]), layers="stem", pooling="none", encoding="base64",
                                       dtype="float16"))  # fmt: skip
     assert response.status_code == 200
@@ -193,7 +178,7 @@ def test_full_maps_normalised_and_base64_float16(client, images, tiny_session, t
     np.testing.assert_allclose(np.linalg.norm(values, axis=0), lit.astype(np.float32), rtol=1e-5)  # per position
     as_json16 = post(client, data=form(("c.jpg", images["cat"]), layers="embedding", dtype="float16")).json
     values = as_json16["results"][0]["features"]["high"]["embedding"]["values"]
-    (embedding,) = direct(tiny_session, tiny_manifest, [images["cat"]], ["embedding"])
+    (embedding,) = direct_run(tiny_session, tiny_manifest, [images["cat"]], ["embedding"])
     np.testing.assert_allclose(values, embedding[0], rtol=1e-3, atol=1e-3)
 
 
