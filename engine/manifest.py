@@ -58,7 +58,8 @@ class Layer:
     receptive_field: int | None  # input pixels one cell sees (conv path); None for vectors
     outputs: dict[str, str]  # pooling -> ONNX output name ("none" always, "avg"/"max" for maps)
     source: str = ""  # module path or ONNX tensor this layer was taken from
-    global_context: bool = False  # a global branch (e.g. squeeze-excite) feeds into it
+    global_context: bool = False  # a global branch (e.g. squeeze-excite, attention) feeds into it
+    token_grid: bool = False  # a vision transformer's patch tokens laid out as a [C, H/p, W/p] map
 
     @property
     def spatial(self) -> bool:

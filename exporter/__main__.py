@@ -1,4 +1,4 @@
-"""CLI: `python -m exporter list | zoo | module | onnx` (see --help of each).
+"""CLI: `python -m exporter list | zoo | torchvision | timm | module | onnx` (see --help of each).
 
 Every failure the user can fix ends in one line on stderr and exit status 2; nothing half-written remains.
 """
@@ -40,6 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     zoo.add_argument("model")
     zoo.add_argument("--out", type=Path, default=DEFAULT_OUT)
     zoo.add_argument("--skip-existing", action="store_true", help="do nothing if an intact export exists")
+
+    for library, pretrained in (("torchvision", "DEFAULT"), ("timm", "pretrained")):
+        hub = sub.add_parser(library, help=f"export a {library} model by name (needs the `hub` extra)")
+        hub.add_argument("model", help=f"architecture name as {library} lists it" +
+                         (" (NAME.TAG picks a pretrained tag)" if library == "timm" else ""))  # fmt: skip
+        hub.add_argument("--weights", default=pretrained,
+                         help=f"{pretrained} (the hub, or its cache), none (random, seeded) or a file "
+                              "(.safetensors or a state dict, loaded weights-only)")  # fmt: skip
+        hub.add_argument("--name", help="the export's directory and API name (default: the model name)")
+        hub.add_argument("--layers", type=_csv, help="module paths instead of the automatic stage ends")
+        hub.add_argument("--levels", type=_csv, help="low|mid|high per layer (default: by stride or depth)")
+        hub.add_argument("--input-size", type=int, help="square input side (default: the weights' own)")
+        hub.add_argument("--no-labels", action="store_true", help="do not attach the weights' class names")
+        hub.add_argument("--out", type=Path, default=DEFAULT_OUT)
 
     module = sub.add_parser("module", help="export any torch nn.Module from an importable factory")
     module.add_argument("factory", help="'package.module:function' returning an nn.Module")
@@ -126,6 +140,10 @@ def _run(args) -> None:
             print(f"{args.out / args.model} is up to date; nothing to do")
             return None
         return _report(sources.export_zoo(args.model, args.out))
+    if args.command in ("torchvision", "timm"):
+        directory = sources.export_backbone(args.command, args.model, args.weights, args.name, args.layers,
+                                            args.levels, args.input_size, args.out, not args.no_labels)  # fmt: skip
+        return _report(directory)
     if args.command == "module":
         preprocess = _preprocess(args, args.input_size or 224)
         directory = sources.export_module(args.factory, args.name, args.layers, args.levels, preprocess,

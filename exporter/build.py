@@ -34,7 +34,7 @@ from engine.manifest import (
 from exporter import OPSET
 from exporter.errors import ExportError
 from exporter.onnx_expose import add_pooled, image_input, output_name
-from exporter.receptive_field import analyse
+from exporter.receptive_field import Geometry, analyse
 from exporter.verify import compare, photo_batch, session, with_pooled
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -51,6 +51,7 @@ class LayerPlan:
     name: str
     source: str
     level: str | None = None
+    token_grid: bool = False  # patch tokens of a transformer block laid out as a map
 
 
 def check_name(name: str) -> str:
@@ -123,7 +124,7 @@ def finish(
     layers = []
     for plan, level in zip(plans, levels, strict=True):
         shape = list(outputs[plan.name].shape[1:])
-        geo = geometry[plan.name]
+        geo = _token_grid_geometry(shape, preprocess) if plan.token_grid else geometry[plan.name]
         spatial_layer = len(shape) == 3
         poolings = ("none", "avg", "max") if spatial_layer else ("none",)
         layers.append(
@@ -136,6 +137,7 @@ def finish(
                 outputs={p: output_name(plan.name, p) for p in poolings},
                 source=plan.source,
                 global_context=geo.global_context,
+                token_grid=plan.token_grid,
             )
         )
     logits = [layer.name for layer in layers if layer.shape == [len(labels or ())]]
@@ -160,6 +162,11 @@ def finish(
         tools=_tool_versions(),
     )
     return write(out_root, name, final, manifest)
+
+
+def _token_grid_geometry(shape: list[int], preprocess: Preprocess) -> Geometry:
+    """A cell of a transformer block's patch grid: one patch apart, but it has attended to the whole image."""
+    return Geometry(stride=preprocess.size[0] / shape[1], receptive_field=max(preprocess.size), global_context=True)
 
 
 def _int(stride: float | None) -> int | None:

@@ -2,7 +2,9 @@
 
 Walks the nodes in topological order from the image input: a convolution or pooling with kernel k,
 stride s and dilation d turns (jump j, field r) into (j * s, r + (k - 1) * d * j); element-wise ops
-keep the widest input; global pooling, flattening and matrix products make a tensor non-spatial.
+keep the widest input; global pooling, flattening and products of two activations (attention) make a
+tensor non-spatial. A matrix product with a constant weight is a per-position linear map (the channels-last
+1x1 "Linear" layers of ConvNeXt and transformer MLPs), so it keeps the geometry.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def analyse(model: onnx.ModelProto, input_name: str) -> dict[str, Geometry]:
 
 
 def _propagate(node, inputs: list[Geometry], initializers, constants) -> Geometry:
+    if node.op_type == "MatMul" and len(inputs) == 1 and inputs[0].spatial:
+        return inputs[0]  # activation x constant weight: position-wise, like a 1x1 convolution
     if node.op_type in _GLOBAL_OPS or not any(g.spatial for g in inputs):
         return _GLOBAL
     spatial = [g for g in inputs if g.spatial]

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from engine.manifest import LEVELS, Preprocess, Source
+from exporter.backbones import load_weights
 from exporter.build import LayerPlan, check_name, finish, run_all
 from exporter.errors import ExportError
 from exporter.onnx_expose import auto_layers, check_tensors, expose, image_input
@@ -42,8 +43,7 @@ def _export_torch(name, model, taps, levels, preprocess, source, out_root, label
     level_of = dict(zip((t.name for t in taps), levels, strict=True)) if levels else {}
     taps = order_by_depth(model, taps, tuple(preprocess.size))
     onnx_model = export_taps(model, taps, tuple(preprocess.size))
-    plans = [LayerPlan(t.name, f"{t.module}" + (":input" if t.port == "input" else ""), level_of.get(t.name))
-             for t in taps]  # fmt: skip
+    plans = [LayerPlan(t.name, t.source, level_of.get(t.name), token_grid=t.view == "patch_grid") for t in taps]
     import torch
 
     reference = _torch_reference(model, taps)
@@ -60,6 +60,29 @@ def export_zoo(model_name: str, out_root: Path) -> Path:
     taps, levels = chosen.taps(model)
     return _export_torch(model_name, model, taps, levels, chosen.preprocess, chosen.source, out_root,
                          imagenet_labels())  # fmt: skip
+
+
+def export_backbone(
+    library: str, model_name: str, weights: str, name: str | None, layers: list[str] | None,
+    levels: list[str] | None, input_size: int | None, out_root: Path, with_labels: bool,
+) -> Path:  # fmt: skip
+    """A torchvision or timm model by name, with the stage ends (or the named modules) as layers."""
+    from exporter import auto_taps, backbones
+
+    build = {"torchvision": backbones.torchvision_backbone, "timm": backbones.timm_backbone}[library]
+    name = check_name(name or model_name.replace("/", "_").lower())
+    if layers:
+        check_levels(levels, layers)
+    backbone = build(model_name, weights, input_size)
+    size = backbone.preprocess.size[0]
+    if layers:
+        taps, chosen = auto_taps.named(backbone.model, size, layers, levels)
+    else:
+        taps, chosen = auto_taps.choose(backbone.model, size, backbone.stage_modules)
+        check_levels(levels, [tap.name for tap in taps])
+    labels = backbone.labels if with_labels else None
+    return _export_torch(name, backbone.model, taps, levels if levels and not layers else chosen,
+                         backbone.preprocess, backbone.source, out_root, labels)  # fmt: skip
 
 
 def load_factory(spec: str):
@@ -79,30 +102,6 @@ def load_factory(spec: str):
     if not isinstance(model, nn.Module):
         raise ExportError(f"not a CNN-like image model: {spec} gave a {type(model).__name__}, not a torch nn.Module")
     return model
-
-
-def load_weights(model, path: Path) -> None:
-    """Load a state dict safely: tensors only (weights_only=True), never arbitrary pickled code."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise ExportError(f"weights file not found: {path}") from exc
-    except Exception as exc:
-        reason = str(exc).split(". ")[0]
-        raise ExportError(
-            f"refused to load weights {path}: not a plain tensor file (weights_only=True): {reason}"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ExportError(f"weights file {path} does not hold a state dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ExportError(f"weights {path} do not fit the model: {str(exc).splitlines()[1:2] or exc}") from exc
 
 
 def export_module(

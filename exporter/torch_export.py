@@ -2,7 +2,8 @@
 
 Forward hooks capture each tapped module's output (or input, for activations computed by a shared
 functional module); the wrapper returns them in depth order and torch.onnx (dynamo) exports it with a
-dynamic batch axis.
+dynamic batch axis. A vision transformer block's [N, T, C] tokens are turned into what the rest of the
+project reads: the patch tokens as an [N, C, h, w] map, the class token as an [N, C] vector.
 """
 
 from __future__ import annotations
@@ -23,12 +24,38 @@ INPUT_NAME = "input"
 
 
 @dataclass(frozen=True)
+class TokenLayout:
+    """How a transformer's [N, T, C] tokens are laid out: `prefix` class/register tokens, then h x w patches."""
+
+    prefix: int
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Tap:
     """One exposed layer: its name in the manifest and the module activation it reads."""
 
     name: str
     module: str  # path as named_modules() prints it
     port: str = "output"  # "input" reads what flows into the module
+    tokens: TokenLayout | None = None  # set when the module gives transformer tokens [N, T, C]
+    view: str = "as_is"  # with tokens: "patch_grid" -> [N, C, h, w] or "class_token" -> [N, C] (token 0)
+
+    @property
+    def source(self) -> str:
+        """Where the layer comes from, as the manifest says it."""
+        where = self.module + (":input" if self.port == "input" else "")
+        return {"patch_grid": f"{where}[patch tokens]", "class_token": f"{where}[class token]"}.get(self.view, where)
+
+    def select(self, value: torch.Tensor) -> torch.Tensor:
+        """The part of the module's activation this layer is: all of it, the patch grid or the class token."""
+        if self.view == "class_token":
+            return value[:, 0]
+        if self.view == "patch_grid":
+            height, width = self.tokens.grid
+            patches = value[:, self.tokens.prefix :]
+            return patches.transpose(1, 2).reshape(value.shape[0], value.shape[2], height, width)
+        return value
 
 
 def _hook(module: nn.Module, port: str, record):
@@ -47,17 +74,16 @@ class TapModel(nn.Module):
         self.taps = taps
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        captured: dict[str, list[torch.Tensor]] = {tap.name: [] for tap in self.taps}
+        points = {(tap.module, tap.port) for tap in self.taps}  # a block's grid and class token share one hook
+        captured: dict[tuple[str, str], list[torch.Tensor]] = {point: [] for point in points}
         modules = dict(self.model.named_modules())
-        handles = []
-        for tap in self.taps:
-            handles.append(_hook(modules[tap.module], tap.port, captured[tap.name].append))
+        handles = [_hook(modules[module], port, captured[module, port].append) for module, port in points]
         try:
             self.model(x)
         finally:
             for handle in handles:
                 handle.remove()
-        return tuple(self._single(tap, captured[tap.name]) for tap in self.taps)
+        return tuple(self._single(tap, captured[tap.module, tap.port]) for tap in self.taps)
 
     @staticmethod
     def _single(tap: Tap, values: list) -> torch.Tensor:
@@ -67,10 +93,12 @@ class TapModel(nn.Module):
                 "choose a module that runs exactly once"
             )
         value = values[0]
-        if not isinstance(value, torch.Tensor) or value.dim() not in (2, 4):
+        dims = (3,) if tap.tokens else (2, 4)
+        if not isinstance(value, torch.Tensor) or value.dim() not in dims:
             kind = type(value).__name__ if not isinstance(value, torch.Tensor) else f"{value.dim()}-D tensor"
-            raise ExportError(f"module {tap.module!r} gives a {kind}, expected an [N, C, H, W] map or [N, C] vector")
-        return value
+            expected = "[N, T, C] tokens" if tap.tokens else "an [N, C, H, W] map or [N, C] vector"
+            raise ExportError(f"module {tap.module!r} gives a {kind}, expected {expected}")
+        return tap.select(value)
 
 
 def check_module_paths(model: nn.Module, taps: list[Tap]) -> None:

@@ -95,6 +95,7 @@ _SCHEMAS = {
             "receptive_field": {"type": ["integer", "null"]},
             "pooling": {"type": "array", "items": {"enum": list(POOLINGS)}},
             "global_context": {"type": "boolean"},
+            "token_grid": {"type": "boolean"},
         },
     },
     "ModelDetail": {

@@ -51,6 +51,7 @@ def describe(model: LoadedModel, full: bool) -> dict:
                 "receptive_field": lay.receptive_field,
                 "pooling": sorted(lay.outputs),
                 "global_context": lay.global_context,
+                "token_grid": lay.token_grid,
             }
             for lay in manifest.layers
         ],

@@ -59,7 +59,7 @@ def test_health_ready_and_catalogue(server, lite0_manifest):
     assert [layer["name"] for layer in detail["layers"]] == [layer.name for layer in lite0_manifest.layers]
     stem = detail["layers"][0]
     assert stem == {"name": "stem", "level": "low", "shape": [32, 112, 112], "stride": 2, "receptive_field": 3,
-                    "pooling": ["avg", "max", "none"], "global_context": False}  # fmt: skip
+                    "pooling": ["avg", "max", "none"], "global_context": False, "token_grid": False}  # fmt: skip
     assert detail["preprocess"]["mean"] == [127.0, 127.0, 127.0] and detail["labels"] == 1000
 
 

@@ -61,7 +61,7 @@ def test_openapi_probes_and_catalogue(client, tiny_manifest):
         "high": ["stride16", "embedding", "logits"],
     }
     stride4 = {"name": "stride4", "level": "low", "shape": [8, 16, 16], "stride": 4, "receptive_field": 7,
-               "pooling": ["avg", "max", "none"], "global_context": False}  # fmt: skip
+               "pooling": ["avg", "max", "none"], "global_context": False, "token_grid": False}  # fmt: skip
     assert detail["layers"][1] == stride4
     assert detail["layers"][-1]["pooling"] == ["none"] and detail["labels"] == len(LABELS)
     assert detail["input"] == {"name": "input", "shape": INPUT_SHAPE, "layout": "NCHW", "dynamic_batch": True}

@@ -39,3 +39,25 @@ def test_conv_dilation_pool_and_global():
     assert geo["sum"].receptive_field == 13 and not geo["sum"].global_context
     assert not geo["g"].spatial and not geo["flat"].spatial
     assert geo["scaled"].spatial and geo["scaled"].global_context and geo["scaled"].stride == 4
+
+
+def test_matmul_with_a_weight_is_per_position_but_attention_is_global():
+    """ConvNeXt's channels-last Linear keeps the grid; a product of two activations (attention) does not."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["patches"], strides=[4, 4]),  # k4 s4 patch embedding
+        helper.make_node("Transpose", ["patches"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["nhwc", "fc"], ["linear"]),  # 1x1 "Linear" on the channels axis
+        helper.make_node("MatMul", ["linear", "linear"], ["attended"]),  # both sides from the image
+        helper.make_node("Add", ["linear", "attended"], ["residual"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("residual", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 4, 4], [0.0] * 192),
+         helper.make_tensor("fc", TensorProto.FLOAT, [4, 4], [0.0] * 16)],
+    )  # fmt: skip
+    geo = analyse(helper.make_model(graph), "x")
+    assert (geo["linear"].stride, geo["linear"].receptive_field, geo["linear"].global_context) == (4, 4, False)
+    assert not geo["attended"].spatial
+    assert geo["residual"].spatial and geo["residual"].global_context
