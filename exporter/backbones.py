@@ -52,7 +52,7 @@ def _weights_kind(weights: str) -> str:
     """'pretrained', 'none' or 'file'."""
     if weights.lower() == "none":
         return "none"
-    return "file" if Path(weights).suffix or "/" in weights else "pretrained"
+    return "file" if Path(weights).exists() or Path(weights).suffix or "/" in weights else "pretrained"
 
 
 def torchvision_backbone(name: str, weights: str, input_size: int | None) -> Backbone:
@@ -104,6 +104,9 @@ def timm_backbone(name: str, weights: str, input_size: int | None) -> Backbone:
 
     torch.manual_seed(RANDOM_SEED)
     if kind == "pretrained":
+        import logging
+
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # one error line, not a warning per retry
         model = _download(lambda: _create_timm(timm, name, True, input_size), name, "Hugging Face hub")
     else:
         model = _create_timm(timm, name, False, input_size)
