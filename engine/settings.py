@@ -17,6 +17,7 @@ PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX_CUTS = ("levels", "layers", "none")  # where engine/subgraphs.py cuts a model into sub-graphs
 
 
 class SettingsError(Misconfigured):
@@ -33,6 +34,7 @@ class Settings:
     providers: str = "cpu"  # cpu | cuda (CUDA first, CPU fallback)
     ort_threads: int = 0  # intra-op threads per session; 0 = cores / workers
     ort_spin: bool = False  # ONNX Runtime threads spin-wait between runs (see README: off measured faster here)
+    prefix_graphs: str = "levels"  # sub-graphs cut where each level ends | after every layer | none
     batch_images: int = 16  # micro-batcher: most images joined into one session.run
     batch_wait_ms: int = 0  # micro-batcher: longest wait for requests still decoding (0: join what is queued)
     max_body_bytes: int = 32 * 1024 * 1024
@@ -95,6 +97,7 @@ class Settings:
             providers=_choice(env, "PROVIDERS", defaults.providers, tuple(PROVIDERS)),
             ort_threads=integer("ORT_THREADS", defaults.ort_threads, 0),
             ort_spin=_choice(env, "ORT_SPIN", "on" if defaults.ort_spin else "off", ("on", "off")) == "on",
+            prefix_graphs=_choice(env, "PREFIX_GRAPHS", defaults.prefix_graphs, PREFIX_CUTS),
             batch_images=integer("BATCH_IMAGES", defaults.batch_images, 1),
             batch_wait_ms=integer("BATCH_WAIT_MS", defaults.batch_wait_ms, 0),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, 1024),

@@ -38,7 +38,7 @@ class LocalModel:
     def __init__(self, onnx_path: Path, manifest: Manifest, outputs: list[str], providers: list[str], threads: int):
         self.outputs = list(dict.fromkeys(outputs))
         wanted = set(self.outputs)
-        smallest = [prefix for prefix in prefix_models(onnx_path, manifest) if wanted <= set(prefix[0])][:1]
+        smallest = [prefix for prefix in prefix_models(onnx_path, manifest, "layers") if wanted <= set(prefix[0])][:1]
         self.runtime = OrtRuntime(onnx_path, providers, threads, manifest.onnx.dynamic_batch, prefixes=smallest)
 
     def infer(self, plan: Plan, batch: np.ndarray) -> list[np.ndarray]:

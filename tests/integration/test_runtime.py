@@ -12,7 +12,7 @@ from tests.helpers import photo
 
 def test_prefix_graphs_are_chosen_by_depth_and_bit_identical(lite0_dir, lite0_manifest):
     path = lite0_dir / "model.onnx"
-    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest))
+    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest, "layers"))
     layers = lite0_manifest.layers
     assert len(runtime.graphs) == len(layers)  # one prefix per layer but the last, plus the full model
     batch = np.stack([preprocess_image(photo(name), lite0_manifest.preprocess) for name in ("chelsea", "coffee")])
@@ -24,3 +24,22 @@ def test_prefix_graphs_are_chosen_by_depth_and_bit_identical(lite0_dir, lite0_ma
             np.testing.assert_array_equal(got, expected)
     # a request mixing depths runs the graph of its deepest layer
     assert runtime.session_for(["stem__avg", "stride16__max"]) is runtime.graphs[3][1]
+
+
+def test_level_cuts_end_where_each_level_ends(lite0_dir, lite0_manifest):
+    """The default: a sub-graph per level boundary, so a level request computes only up to that level."""
+    path = lite0_dir / "model.onnx"
+    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest))
+    levels = [layer.level for layer in lite0_manifest.layers]
+    assert len(runtime.graphs) == len(set(levels))  # low ends, mid ends, the full model
+    batch = np.stack([preprocess_image(photo("chelsea"), lite0_manifest.preprocess)])
+    for depth, level in enumerate(("low", "mid")):
+        deepest = max(i for i, name in enumerate(levels) if name == level)
+        names = [o for layer in lite0_manifest.layers if layer.level == level for o in layer.outputs.values()]
+        session = runtime.session_for(names)
+        assert session is runtime.graphs[depth][1]
+        assert set(runtime.graphs[depth][0]) == {
+            o for layer in lite0_manifest.layers[: deepest + 1] for o in layer.outputs.values()
+        }
+        for got, expected in zip(runtime.run(names, batch), runtime.session.run(names, {"input": batch}), strict=True):
+            np.testing.assert_array_equal(got, expected)

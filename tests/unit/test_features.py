@@ -64,9 +64,11 @@ def test_settings_from_environment(tmp_path):
     )
     assert (batching.batch_images, batching.batch_wait_ms, batching.ort_spin) == (4, 3, True)
     assert not Settings.from_env({}).ort_spin
+    assert Settings.from_env({}).prefix_graphs == "levels"
+    assert Settings.from_env({"FEATURES_PREFIX_GRAPHS": "Layers"}).prefix_graphs == "layers"
     bad_values = ({"FEATURES_PORT": "http"}, {"FEATURES_PROVIDERS": "tpu"}, {"FEATURES_WORKERS": "0"},
                   {"FEATURES_BATCH_IMAGES": "0"}, {"FEATURES_BATCH_WAIT_MS": "-1"},
-                  {"FEATURES_ORT_SPIN": "maybe"})  # fmt: skip
+                  {"FEATURES_ORT_SPIN": "maybe"}, {"FEATURES_PREFIX_GRAPHS": "stages"})  # fmt: skip
     for bad in bad_values:
         with pytest.raises(SettingsError):
             Settings.from_env(bad)
