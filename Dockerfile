@@ -2,8 +2,9 @@
 # cnn-features images (BuildKit). The last stage, `runtime`, is the default target:
 #   docker build -t cnn-features:cpu .                                   # CPU, onnxruntime
 #   docker build --build-arg VARIANT=cuda -t cnn-features:cuda .         # NVIDIA GPU, onnxruntime-gpu
-# Stages: export (torch, builds the ONNX model + manifest once), cpu-base / cuda-base (a Python venv on the
-# right base image), runtime (serving only: no torch, no compilers, non-root, /readyz health check).
+# Stages: export (torch, builds the default ONNX model + manifest once), export-hub (torchvision, a second model:
+# ResNet-50 with its pretrained weights), cpu-base / cuda-base (a Python venv on the right base image), runtime
+# (serving only: no torch, no compilers, non-root, /readyz health check).
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -27,6 +28,21 @@ RUN python requirements.py --extra export --only torch > torch.txt \
 COPY engine ./engine
 COPY exporter ./exporter
 RUN python -m exporter zoo efficientnet_lite0 --out /models
+
+# ---------------------------------------------------------------------------------------------------------------
+# export-hub: a torchvision model by name (the `hub` extra, whose torch pin differs from `export`'s), its
+# pretrained weights fetched from the torch hub while the image builds. Never shipped.
+FROM ${PYTHON_IMAGE} AS export-hub
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+COPY pyproject.toml deploy/requirements.py ./
+RUN python requirements.py --extra hub --only torch --only torchvision > torch.txt \
+ && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu -r torch.txt \
+ && python requirements.py --extra hub > hub.txt \
+ && pip install --no-cache-dir -r hub.txt
+COPY engine ./engine
+COPY exporter ./exporter
+RUN python -m exporter torchvision resnet50 --weights DEFAULT --out /models
 
 # ---------------------------------------------------------------------------------------------------------------
 # Serving bases: a virtual environment at /opt/venv on PATH, and the provider the image is built for.
@@ -59,6 +75,7 @@ RUN python /tmp/build/requirements.py --variant "${VARIANT}" --onnxruntime-gpu "
 COPY engine ./engine
 COPY service ./service
 COPY --from=export /models /models
+COPY --from=export-hub /models /models
 # GUNICORN_CMD_ARGS: worker heartbeat files in RAM (an overlay-filesystem /tmp can stall them; gunicorn docs).
 ENV FEATURES_HOST=0.0.0.0 \
     FEATURES_PORT=8000 \

@@ -60,7 +60,7 @@ class Gunicorn:
 
     def rss_mib(self) -> float:
         """Resident memory of the master and every worker, in MiB."""
-        return sum(_rss_kib(pid) for pid in [self.process.pid, *worker_pids(self.process.pid)]) / 1024
+        return sum(rss_kib(pid) for pid in [self.process.pid, *worker_pids(self.process.pid)]) / 1024
 
     def stop(self) -> None:
         self.process.terminate()
@@ -83,7 +83,7 @@ def worker_pids(master_pid: int) -> list[int]:
         return []
 
 
-def _rss_kib(pid: int) -> int:
+def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -95,7 +95,7 @@ def _stage_ends(activations, size, allowed) -> tuple[list[Tap], list[str]]:
         stride = strides_of[act.module][1]
         parts = act.module.split(".")
         inside = any(".".join(parts[:i]) in downsamplers for i in range(1, len(parts)))
-        if stride is not None and not inside and (allowed is None or act.module in allowed):
+        if stride is not None and (act.module in allowed if allowed is not None else not inside):
             last_at[stride] = act.module
     strides = sorted(last_at)
     taps = [Tap(f"stride{stride}", last_at[stride]) for stride in strides]
@@ -105,9 +105,11 @@ def _stage_ends(activations, size, allowed) -> tuple[list[Tap], list[str]]:
 
 def _head(activations) -> list[Tap]:
     """The classifier's input (the embedding) and output (the logits), or a headless model's output vector."""
-    linears = [act for act in activations if act.kind == "Linear"]
-    last = linears[-1] if linears else None
-    if last is not None and len(last.shape) == 2 and last.input_shape is not None and len(last.input_shape) == 2:
+    linears = [index for index, act in enumerate(activations) if act.kind == "Linear"]
+    last = activations[linears[-1]] if linears else None
+    # the classifier only if nothing after it changes the vector (a squeeze-excite Linear in a headless model)
+    if (last is not None and len(last.shape) == 2 and last.input_shape is not None and len(last.input_shape) == 2
+            and all(act.shape == last.shape for act in activations[linears[-1] + 1 :])):  # fmt: skip
         return [Tap("embedding", last.module, "input"), Tap("logits", last.module)]
     final = activations[-1] if activations else None
     if final is not None and len(final.shape) == 2:  # num_classes=0: the model's output is the embedding

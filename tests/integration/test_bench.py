@@ -41,3 +41,19 @@ def test_quick_benchmark_runs_every_scenario(models_dir, tmp_path):
     assert "| service | 8 | raw |" in (out / "results.md").read_text()
     with Image.open(out / "chart.png") as chart:
         assert chart.format == "PNG" and chart.width > 600
+
+
+def test_memory_benchmark_measures_each_model_and_cut(models_dir, tmp_path):
+    """python -m bench.memory starts the real service per model and cut; more sub-graphs never hold less."""
+    out = tmp_path / "memory"
+    command = [sys.executable, "-m", "bench.memory", "--models-dir", str(models_dir), "--models",
+               "efficientnet_lite0", "--cuts", "none,layers", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((out / "memory.json").read_text())["models"]
+    assert row["model"] == "efficientnet_lite0" and row["layers"] == 8 and row["onnx_mib"] > 10
+    assert 50 < row["worker_mib_none"] <= row["worker_mib_layers"] < 4096
+    assert "| efficientnet_lite0 |" in (out / "memory.md").read_text()
+    refused = subprocess.run([*command[:3], "--models-dir", str(models_dir), "--models", "nope"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.startswith("error: no model 'nope'")
