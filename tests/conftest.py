@@ -1,6 +1,7 @@
 """The one rule both tiers share: `integration` means "starts real processes".
 
-tests/unit/ needs no export and no server (a tiny ONNX model built in the test, the Flask test client);
+tests/unit/ needs no real model and no server (a tiny ONNX model built in the test, the Flask test client, tiny
+torch models for the automatic layer choice);
 tests/integration/ holds the session export of the pretrained EfficientNet-Lite0 and the real servers.
 """
 
