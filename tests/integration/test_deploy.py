@@ -84,7 +84,7 @@ def test_runtime_stage_holds_only_serving_code_as_a_non_root_user(dockerfile):
     assert list(dockerfile.stages)[-1] == "runtime", "the runtime stage must be the default (last) target"
     copies = [rest for name, rest in runtime.instructions if name == "COPY"]
     assert not any("exporter" in copy for copy in copies), "the exporter (torch) must stay out of the runtime"
-    assert "--from=export /models /models" in copies
+    assert "--from=export /models /models" in copies and "--from=export-hub /models /models" in copies
     user = dockerfile.last("runtime", "USER")
     assert re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", user), "a numeric non-root USER (Kubernetes runAsNonRoot)"
     env = dockerfile.env("runtime")
@@ -141,6 +141,10 @@ def test_requirements_come_from_pyproject_and_serving_has_no_torch():
     assert requirement_lines("--extra", "export", "--only", "torch") == [
         r for r in project["optional-dependencies"]["export"] if r.startswith("torch")
     ]
+    # the export-hub stage installs torch and torchvision, a matched pair, from the CPU index
+    assert requirement_lines("--extra", "hub", "--only", "torch", "--only", "torchvision") == [
+        r for r in project["optional-dependencies"]["hub"] if r.startswith(("torch==", "torchvision=="))
+    ]
     bad = subprocess.run([sys.executable, str(REQUIREMENTS), "--extra", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: no extra nope")
 
@@ -168,20 +172,53 @@ def test_runtime_resolution_pulls_no_torch_and_no_cuda(runtime_resolution):
 
 
 @pytest.fixture(scope="module")
-def image_models(dockerfile, models_dir) -> Path:
-    """The export stage's own RUN line, run as written with only its output folder moved: it is the session's
-    export (models_dir, tests/conftest.py), which runs exactly these arguments, so it is not run a second time."""
+def image_models(dockerfile, models_dir, hub_python, tmp_path_factory) -> Path:
+    """/models as the image holds it: both export stages' RUN lines, each run as written with only its output
+    folder moved.
+
+    The export stage's is the session's export (models_dir, tests/conftest.py), which runs exactly these
+    arguments, so it is not run a second time. The export-hub stage's asks torchvision for its DEFAULT weights:
+    run by the hub environment's Python with no network (proxies pointing at a closed port) and the torch hub
+    cache filled with a checkpoint of random weights under the file name torchvision downloads, so the real
+    hub code path runs as in the build, from the cache.
+    """
     (run,) = [run for run in dockerfile.runs("export") if "-m exporter" in run]
     command = command_with(run, "-m exporter")
     assert command[:3] == ["python", "-m", "exporter"] and command[-2] == "--out"
     assert command[3:-1] == [*EXPORT, "--out"]
     assert (models_dir / "efficientnet_lite0" / "model.json").is_file()
-    return models_dir
+    folder = tmp_path_factory.mktemp("image-models")
+    (folder / "efficientnet_lite0").symlink_to(models_dir / "efficientnet_lite0", target_is_directory=True)
+
+    (run,) = [run for run in dockerfile.runs("export-hub") if "-m exporter" in run]
+    command = command_with(run, "-m exporter")
+    assert command[:4] == ["python", "-m", "exporter", "torchvision"] and command[-2] == "--out"
+    torch_home = folder.parent / "torch-home"
+    fill_cache = (
+        "import sys, pathlib, torch, torchvision; "
+        "weights = torchvision.models.get_model_weights(sys.argv[1]).DEFAULT; "
+        "target = pathlib.Path(sys.argv[2], 'hub', 'checkpoints', weights.url.rsplit('/', 1)[1]); "
+        "target.parent.mkdir(parents=True); torch.manual_seed(1); "
+        "torch.save(torchvision.models.get_model(sys.argv[1]).state_dict(), target)"
+    )
+    filled = subprocess.run([hub_python, "-c", fill_cache, command[4], torch_home], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert filled.returncode == 0, filled.stderr[-2000:]
+    dead = "http://127.0.0.1:9"
+    offline = {**clean_env(), "TORCH_HOME": str(torch_home), "HTTP_PROXY": dead, "HTTPS_PROXY": dead,
+               "http_proxy": dead, "https_proxy": dead}  # fmt: skip
+    result = subprocess.run([hub_python, *command[1:-1], str(folder)], cwd=REPO, env=offline, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((folder / command[4] / "model.json").read_text())
+    assert manifest["source"]["kind"] == "torchvision" and manifest["source"]["weights"].endswith(".IMAGENET1K_V2")
+    assert manifest["verification"]["passed"] and len(manifest["labels"]) == 1000
+    return folder
 
 
 def test_cmd_env_and_healthcheck_serve_outside_docker(dockerfile, image_models, tmp_path):
-    """The runtime stage's CMD with its ENV: /readyz through the HEALTHCHECK command itself, then a real
-    feature request."""
+    """The runtime stage's CMD with its ENV over the image's /models: /readyz through the HEALTHCHECK command
+    itself, then a real feature request to each of its two models."""
     port = free_port()
     env = clean_env(**dockerfile.env("runtime"))
     env.update(PATH=f"{BIN}:{os.environ['PATH']}", FEATURES_HOST="127.0.0.1", FEATURES_PORT=str(port),
@@ -202,10 +239,13 @@ def test_cmd_env_and_healthcheck_serve_outside_docker(dockerfile, image_models, 
                 time.sleep(0.5)
             else:
                 raise AssertionError(f"never healthy:\n{log_path.read_text()}")
-            url = f"http://127.0.0.1:{port}/v1/models/efficientnet_lite0/features"
-            response = requests.post(url, data=photo_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=60)
-            assert response.status_code == 200, response.text
-            assert response.json()["provider"] == "CPUExecutionProvider"
+            listed = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["models"]
+            assert [model["name"] for model in listed] == ["efficientnet_lite0", "resnet50"]
+            for name in ("efficientnet_lite0", "resnet50"):
+                url = f"http://127.0.0.1:{port}/v1/models/{name}/features"
+                response = requests.post(url, data=photo_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+                assert response.status_code == 200, response.text
+                assert response.json()["provider"] == "CPUExecutionProvider"
         finally:
             server.terminate()
             server.wait(timeout=30)
