@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     module = sub.add_parser("module", help="export any torch nn.Module from an importable factory")
     module.add_argument("factory", help="'package.module:function' returning an nn.Module")
     module.add_argument("--name", required=True)
-    module.add_argument("--layers", required=True, type=_csv, help="module paths as named_modules() prints them")
+    module.add_argument("--layers", type=_csv,
+                        help="module paths as named_modules() prints them (default: the stage ends, found as for "
+                             "torchvision models)")  # fmt: skip
     _common(module)
     module.add_argument("--weights", type=Path, help="state dict, loaded with torch.load(weights_only=True)")
 

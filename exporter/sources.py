@@ -62,27 +62,33 @@ def export_zoo(model_name: str, out_root: Path) -> Path:
                          imagenet_labels())  # fmt: skip
 
 
+def _choose_taps(model, size: int, layers: list[str] | None, levels: list[str] | None, stage_modules=None):
+    """The named modules (a transformer block as its token map + class token), or the automatic choice."""
+    from exporter import auto_taps
+
+    if layers:
+        check_levels(levels, layers)
+        return auto_taps.named(model, size, layers, levels)
+    taps, chosen = auto_taps.choose(model, size, stage_modules)
+    check_levels(levels, [tap.name for tap in taps])
+    return taps, levels or chosen
+
+
 def export_backbone(
     library: str, model_name: str, weights: str, name: str | None, layers: list[str] | None,
     levels: list[str] | None, input_size: int | None, out_root: Path, with_labels: bool,
 ) -> Path:  # fmt: skip
     """A torchvision or timm model by name, with the stage ends (or the named modules) as layers."""
-    from exporter import auto_taps, backbones
+    from exporter import backbones
 
     build = {"torchvision": backbones.torchvision_backbone, "timm": backbones.timm_backbone}[library]
     name = check_name(name or model_name.replace("/", "_").lower())
     if layers:
         check_levels(levels, layers)
     backbone = build(model_name, weights, input_size)
-    size = backbone.preprocess.size[0]
-    if layers:
-        taps, chosen = auto_taps.named(backbone.model, size, layers, levels)
-    else:
-        taps, chosen = auto_taps.choose(backbone.model, size, backbone.stage_modules)
-        check_levels(levels, [tap.name for tap in taps])
+    taps, levels = _choose_taps(backbone.model, backbone.preprocess.size[0], layers, levels, backbone.stage_modules)
     labels = backbone.labels if with_labels else None
-    return _export_torch(name, backbone.model, taps, levels if levels and not layers else chosen,
-                         backbone.preprocess, backbone.source, out_root, labels)  # fmt: skip
+    return _export_torch(name, backbone.model, taps, levels, backbone.preprocess, backbone.source, out_root, labels)
 
 
 def load_factory(spec: str):
@@ -105,19 +111,18 @@ def load_factory(spec: str):
 
 
 def export_module(
-    factory: str, name: str, layers: list[str], levels: list[str] | None, preprocess: Preprocess,
+    factory: str, name: str, layers: list[str] | None, levels: list[str] | None, preprocess: Preprocess,
     weights: Path | None, out_root: Path, labels: list[str] | None,
 ) -> Path:  # fmt: skip
-    from exporter.torch_export import Tap
-
     check_name(name)
-    check_levels(levels, layers)
+    if layers:
+        check_levels(levels, layers)
     model = load_factory(factory)
     if weights is not None:
         load_weights(model, weights)
     source = Source(kind="module", origin=factory, weights=str(weights.name) if weights else None)
-    taps = [Tap(layer, layer) for layer in layers]
-    return _export_torch(name, model.eval(), taps, levels, preprocess, source, out_root, labels)
+    taps, levels = _choose_taps(model.eval(), preprocess.size[0], layers, levels)
+    return _export_torch(name, model, taps, levels, preprocess, source, out_root, labels)
 
 
 def read_onnx(path: Path) -> onnx.ModelProto:

@@ -53,6 +53,17 @@ def test_module_export_matches_torch(tmp_path, trained_weights):
         np.testing.assert_allclose(value, captured[name], rtol=0, atol=1e-4 * max(1, np.abs(captured[name]).max()))
 
 
+def test_module_without_layers_exposes_the_stage_ends(tmp_path):
+    """No --layers: the same automatic choice as for torchvision models (exporter/auto_taps.py)."""
+    result = run_cli("module", "tests.models.tiny_cnn:build", "--name", "auto", "--input-size", "64",
+                     "--out", tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(tmp_path / "auto" / "model.json")
+    table = [(layer.name, layer.level, layer.stride, layer.source) for layer in manifest.layers]
+    assert table == [("stride2", "low", 2, "0"), ("stride4", "low", 4, "1"), ("stride8", "mid", 8, "3"),
+                     ("embedding", "high", None, "6:input"), ("logits", "high", None, "6")]  # fmt: skip
+
+
 def test_module_levels_override(tmp_path):
     result = run_cli("module", "tests.models.tiny_cnn:build", "--name", "tiny2", "--layers", "0,3",
                      "--levels", "low,high", "--input-size", "64", "--out", tmp_path)  # fmt: skip
