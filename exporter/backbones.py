@@ -43,7 +43,9 @@ def _require(package: str):
 
 def _preprocess(size: int, resize: int, interpolation: str, mean, std) -> Preprocess:
     if interpolation not in INTERPOLATIONS:
-        interpolation = "bilinear"
+        offered = ", ".join(sorted(INTERPOLATIONS))
+        raise ExportError(f"the model is preprocessed with {interpolation!r} interpolation, which the service does "
+                          f"not offer ({offered}); export it with the module route and --interpolation")  # fmt: skip
     return Preprocess(size=[size, size], resize=resize, interpolation=interpolation,
                       mean=[round(255 * m, 4) for m in mean], std=[round(255 * s, 4) for s in std])  # fmt: skip
 
@@ -113,6 +115,9 @@ def timm_backbone(name: str, weights: str, input_size: int | None) -> Backbone:
         if kind == "file":
             load_weights(model, Path(weights))
     config = timm.data.resolve_data_config({}, model=model)
+    if config.get("crop_mode", "center") != "center":
+        raise ExportError(f"{name} is preprocessed with crop mode {config['crop_mode']!r}; the service crops the "
+                          "centre only: export it with the module route and its own --resize")  # fmt: skip
     size = input_size or config["input_size"][1]
     preprocess = _preprocess(size, int(size / config["crop_pct"]), config["interpolation"], config["mean"],
                              config["std"])  # fmt: skip
