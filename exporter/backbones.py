@@ -102,6 +102,8 @@ def timm_backbone(name: str, weights: str, input_size: int | None) -> Backbone:
     if not timm.is_model(architecture):
         raise unknown_name("timm model", architecture, timm.list_models(), "timm.list_models()")
     kind = _weights_kind(weights)
+    if kind == "pretrained" and weights.lower() != "pretrained":
+        raise ExportError(f"--weights {weights!r}: give pretrained (pick a tag as NAME.TAG), none or a weights file")
     import torch
 
     torch.manual_seed(RANDOM_SEED)
@@ -191,4 +193,15 @@ def load_weights(model, path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ExportError(f"weights {path} do not fit the model: {str(exc).splitlines()[1:2] or exc}") from exc
+        raise ExportError(f"weights {path} do not fit the model: {_misfit(model.state_dict(), state) or exc}") from exc
+
+
+def _misfit(own: dict, given: dict) -> str:
+    """What differs between the model's keys and shapes and the file's, a few names of each kind."""
+    missing = [key for key in own if key not in given]
+    unexpected = [key for key in given if key not in own]
+    resized = [key for key in own if key in given and tuple(given[key].shape) != tuple(own[key].shape)]
+    parts = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", resized))
+             if keys]  # fmt: skip
+    return "; ".join(parts)
