@@ -111,7 +111,7 @@ function showLayerTable() {
     const row = element("tr", { "data-level": layer.level });
     const cells = [layer.name, layer.level, layer.shape.join("×"),
       layer.stride ? `${layer.stride} px` : "–",
-      layer.receptive_field ? `${layer.receptive_field} px` : "whole image"];
+      layer.token_grid ? "whole image (attention)" : layer.receptive_field ? `${layer.receptive_field} px` : "whole image"];
     cells.forEach((text) => row.append(element("td", {}, text)));
     return row;
   });
@@ -216,7 +216,8 @@ async function analyse(file) {
 function mapFigure(layer) {
   const figure = element("figure", { class: "map", "data-layer": layer.name });
   figure.append(element("figcaption", {},
-    `${layer.name} · stride ${layer.stride} px · receptive field ${layer.receptive_field} px`));
+    `${layer.name} · stride ${layer.stride} px · ` +
+    (layer.token_grid ? "patch tokens: each has attended to the whole image" : `receptive field ${layer.receptive_field} px`)));
   return figure;
 }
 
