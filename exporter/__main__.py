@@ -21,6 +21,17 @@ def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _side(text: str) -> int:
+    """An image side in pixels: a whole number from 8 to 4096."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if not 8 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"{value} is outside 8..4096 pixels")
+    return value
+
+
 def _floats(text: str) -> list[float]:
     values = [float(v) for v in _csv(text)]
     if len(values) != 3:
@@ -51,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         hub.add_argument("--name", help="the export's directory and API name (default: the model name)")
         hub.add_argument("--layers", type=_csv, help="module paths instead of the automatic stage ends")
         hub.add_argument("--levels", type=_csv, help="low|mid|high per layer (default: by stride or depth)")
-        hub.add_argument("--input-size", type=int, help="square input side (default: the weights' own)")
+        hub.add_argument("--input-size", type=_side, help="square input side (default: the weights' own)")
         hub.add_argument("--no-labels", action="store_true", help="do not attach the weights' class names")
         hub.add_argument("--out", type=Path, default=DEFAULT_OUT)
 
@@ -77,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", type=_csv, help="low|mid|high per layer (default: thirds by depth)")
-    parser.add_argument("--input-size", type=int, help="square input side (default 224, or the ONNX input's)")
-    parser.add_argument("--resize", type=int, help="shorter side before the centre crop (default size/0.875)")
+    parser.add_argument("--input-size", type=_side, help="square input side (default 224, or the ONNX input's)")
+    parser.add_argument("--resize", type=_side, help="shorter side before the centre crop (default size/0.875)")
     parser.add_argument("--mean", type=_floats, help="per-channel mean in 0-255 units (default ImageNet)")
     parser.add_argument("--std", type=_floats, help="per-channel std in 0-255 units (default ImageNet)")
     parser.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic", "lanczos"], default="bilinear")

@@ -118,3 +118,13 @@ def test_unknown_onnx_tensor_suggests_nearest(tmp_path, lite0_dir):
     line = _expect_failure(tmp_path / "out", "onnx", lite0_dir / "model.onnx", "--name", "x",
                            "--layers", "stem__avgg", contains="unknown tensor 'stem__avgg'")  # fmt: skip
     assert "stem__avg" in line
+
+
+@pytest.mark.parametrize(("option", "value"), [("--input-size", "0"), ("--input-size", "-224"), ("--resize", "9999"),
+                                               ("--input-size", "2x"), ("--resize", "0")])  # fmt: skip
+def test_image_sides_out_of_range_are_usage_errors(tmp_path, option, value):
+    """argparse refuses them before anything is loaded: exit 2, its usage line and one error line naming the option."""
+    result = run_cli("module", "tests.models.tiny_cnn:build", "--name", "t", option, value, "--out", tmp_path / "out")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"python -m exporter module: error: argument {option}")
+    assert not (tmp_path / "out").exists()
