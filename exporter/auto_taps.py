@@ -123,12 +123,12 @@ def _transformer_taps(model: nn.Module, activations, size) -> tuple[list[Tap], l
     if patch is None:
         return None
     conv_name, stride = patch
-    if size % stride:
-        raise ExportError(f"input size {size} is not a multiple of the patch size {stride}")
     grid = (size // stride, size // stride)
     blocks = _blocks(activations, grid[0] * grid[1])
-    if not blocks:
+    if not blocks:  # a CNN with a patchify stem (ConvNeXt)
         return None
+    if size % stride:
+        raise ExportError(f"input size {size} is not a multiple of the patch size {stride}")
     picks = sorted({max(0, round(len(blocks) * (k + 1) / BLOCK_TAPS) - 1) for k in range(BLOCK_TAPS)})
     taps, levels = [Tap("patch_embed", conv_name)], ["low"]
     for index in picks:
