@@ -52,6 +52,17 @@ def hub_python() -> Path:
     return path
 
 
+def expect_refusal(result: subprocess.CompletedProcess, out: Path, contains: str) -> str:
+    """An exporter refusal: exit status 2, one `error:` line on stderr holding `contains` (returned), nothing
+    written under `out`."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert contains in lines[0], lines[0]
+    assert not out.exists() or list(out.iterdir()) == [], "a failed export left files behind"
+    return lines[0]
+
+
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run `python -m exporter ...` as a user would, capturing its output."""
     return subprocess.run(

@@ -28,7 +28,7 @@ import requests
 from engine.manifest import load_manifest
 from engine.pictures import maps_grid_size
 from tests.helpers import REPO, assert_pooled_layers_equal, direct_run, photo_jpeg
-from tests.integration.conftest import Server
+from tests.integration.conftest import Server, expect_refusal
 from tests.openapi_check import conforming_png, conforms
 
 EXPORT_TIMEOUT = 600  # seconds for one export (about 20 s on 2 busy cores)
@@ -358,16 +358,6 @@ def test_maps_png_of_a_transformer_block(hub_server, cat):
 
 
 # (d) refusals: one line on stderr, exit status 2, nothing written
-
-
-def expect_refusal(result: subprocess.CompletedProcess, out: Path, contains: str) -> str:
-    """The refusal's one line on stderr (returned)."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert contains in lines[0], lines[0]
-    assert not out.exists() or list(out.iterdir()) == [], "a failed export left files behind"
-    return lines[0]
 
 
 def test_unknown_names_suggest_the_nearest(hub_python, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.zoo import RECIPES
-from tests.integration.conftest import run_cli
+from tests.integration.conftest import expect_refusal, run_cli
 
 
 class _Exploit:
@@ -36,13 +36,7 @@ def _dense_onnx(path):
 
 
 def _expect_failure(out, *args, contains: str):
-    result = run_cli(*args, "--out", out)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert contains in lines[0], lines[0]
-    assert not out.exists() or list(out.iterdir()) == [], "a failed export left files behind"
-    return lines[0]
+    return expect_refusal(run_cli(*args, "--out", out), out, contains)
 
 
 def test_unknown_zoo_model_suggests_names(tmp_path):
