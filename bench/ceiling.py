@@ -16,13 +16,16 @@ import onnxruntime as ort
 from engine.features import output_name
 from engine.images import load_tensor
 from engine.manifest import Manifest
+from engine.subgraphs import exact_model
 
 
 def session_and_outputs(manifest: Manifest, model_path: str, threads: int) -> tuple[ort.InferenceSession, list[str]]:
+    """A session on the graph of just the pooled embeddings (as the service's pooled graph: engine/subgraphs.py)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    return session, [output_name(layer, "avg") for layer in manifest.layers]
+    outputs = [output_name(layer, "avg") for layer in manifest.layers]
+    model = exact_model(model_path, manifest, outputs)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]), outputs
 
 
 def pipelined(manifest: Manifest, model_path: str, images: list[bytes], seconds: float, batch: int = 8) -> dict:

@@ -16,6 +16,7 @@ from engine.errors import Misconfigured
 SCHEMA_VERSION = 1
 LEVELS = ("low", "mid", "high")
 POOLINGS = ("none", "avg", "max")
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 class ManifestError(Misconfigured):
@@ -86,6 +87,31 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """How a lower-precision export compares with the fp32 export it was made from, on held-out photos.
+
+    `cosine` is layer -> pooling -> {"mean", "min"} over the held-out images, each image's output flattened.
+    """
+
+    reference: str  # the fp32 export's name
+    reference_sha256: str
+    method: str
+    kept_float: list[str]  # graph nodes left in float: the head, and leading convolutions by measurement
+    calibration: str | None  # where the calibration photos came from (int8)
+    held_out: list[str]
+    images: int  # held-out views judged
+    measured_with: str  # ONNX Runtime execution provider
+    thresholds: dict[str, float]
+    cosine: dict[str, dict[str, dict[str, float]]]
+    top1_agreement: float | None  # argmax of the logits equal to fp32's; None without labels
+    top1_flip_margin: float | None  # largest gap of fp32's top-2 probabilities where top-1 flipped
+    passed: bool
+    forced: bool = False  # written although it missed a threshold (--force)
+    search: list[dict[str, float]] = field(default_factory=list)  # int8: each float_convs tried, on validation
+    float_convs: int | None = None  # int8: the leading convolutions kept in float
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     onnx: OnnxInfo
@@ -96,6 +122,8 @@ class Manifest:
     labels: list[str] | None = None
     logits_layer: str | None = None  # the layer the labels index, when there are labels
     tools: dict[str, str] = field(default_factory=dict)  # versions that produced the export
+    precision: str = "fp32"  # of the weights and arithmetic; inputs and outputs are float32 at every precision
+    quality: Quality | None = None  # against the fp32 export, for int8 and fp16
     schema_version: int = SCHEMA_VERSION
 
     def layer(self, name: str) -> Layer:
@@ -127,6 +155,8 @@ class Manifest:
                 labels=data.get("labels"),
                 logits_layer=data.get("logits_layer"),
                 tools=data.get("tools", {}),
+                precision=data.get("precision", "fp32"),
+                quality=Quality(**data["quality"]) if data.get("quality") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"manifest does not follow the schema: {exc}") from exc
@@ -144,6 +174,8 @@ class Manifest:
                 raise ManifestError(f"{self.name}: layer {layer.name} has level {layer.level!r}")
             if "none" not in layer.outputs or not set(layer.outputs) <= set(POOLINGS):
                 raise ManifestError(f"{self.name}: layer {layer.name} has outputs {sorted(layer.outputs)}")
+        if self.precision not in PRECISIONS:
+            raise ManifestError(f"{self.name}: precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.logits_layer is not None and self.logits_layer not in names:
             raise ManifestError(f"{self.name}: logits_layer {self.logits_layer!r} is not a layer")
 

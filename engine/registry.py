@@ -77,7 +77,7 @@ class Registry:
                     self.settings.provider_list,
                     self.settings.intra_op_threads,
                     model.manifest.onnx.dynamic_batch,
-                    prefix_models(model.path, model.manifest, self.settings.prefix_graphs),
+                    prefix_models(model.path, model.manifest, self.settings.prefix_graphs, self.settings.pooled_graphs),
                     spin=self.settings.ort_spin,
                 )
                 # warm up at the micro-batcher's largest batch: ONNX Runtime's arena grows to it now, not under load

@@ -35,6 +35,7 @@ class Settings:
     ort_threads: int = 0  # intra-op threads per session; 0 = cores / workers
     ort_spin: bool = False  # ONNX Runtime threads spin-wait between runs (see README: off measured faster here)
     prefix_graphs: str = "levels"  # sub-graphs cut where each level ends | after every layer | none
+    pooled_graphs: bool = True  # each cut also as a graph of its average-pooled outputs only (engine/subgraphs.py)
     batch_images: int = 16  # micro-batcher: most images joined into one session.run
     batch_wait_ms: int = 0  # micro-batcher: longest wait for requests still decoding (0: join what is queued)
     max_body_bytes: int = 32 * 1024 * 1024
@@ -97,6 +98,8 @@ class Settings:
             providers=_choice(env, "PROVIDERS", defaults.providers, tuple(PROVIDERS)),
             ort_threads=integer("ORT_THREADS", defaults.ort_threads, 0),
             ort_spin=_choice(env, "ORT_SPIN", "on" if defaults.ort_spin else "off", ("on", "off")) == "on",
+            pooled_graphs=_choice(env, "POOLED_GRAPHS", "on" if defaults.pooled_graphs else "off", ("on", "off"))
+            == "on",
             prefix_graphs=_choice(env, "PREFIX_GRAPHS", defaults.prefix_graphs, PREFIX_CUTS),
             batch_images=integer("BATCH_IMAGES", defaults.batch_images, 1),
             batch_wait_ms=integer("BATCH_WAIT_MS", defaults.batch_wait_ms, 0),

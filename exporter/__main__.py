@@ -1,4 +1,4 @@
-"""CLI: `python -m exporter list | zoo | torchvision | timm | module | onnx` (see --help of each).
+"""CLI: `python -m exporter list | zoo | torchvision | timm | module | onnx | quantize` (see --help of each).
 
 Every failure the user can fix ends in one line on stderr and exit status 2; nothing half-written remains.
 """
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     zoo.add_argument("model")
     zoo.add_argument("--out", type=Path, default=DEFAULT_OUT)
     zoo.add_argument("--skip-existing", action="store_true", help="do nothing if an intact export exists")
+    _precision_options(zoo)
 
     for library, pretrained in (("torchvision", "DEFAULT"), ("timm", "pretrained")):
         hub = sub.add_parser(library, help=f"export a {library} model by name (needs the `hub` extra)")
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         hub.add_argument("--input-size", type=_side, help="square input side (default: the weights' own)")
         hub.add_argument("--no-labels", action="store_true", help="do not attach the weights' class names")
         hub.add_argument("--out", type=Path, default=DEFAULT_OUT)
+        _precision_options(hub)
 
     module = sub.add_parser("module", help="export any torch nn.Module from an importable factory")
     module.add_argument("factory", help="'package.module:function' returning an nn.Module")
@@ -83,7 +85,35 @@ def _parser() -> argparse.ArgumentParser:
     picks.add_argument("--auto", action="store_true", help="last tensor at each stride + the final outputs")
     picks.add_argument("--list-tensors", action="store_true", help="print candidate tensors and exit")
     _common(foreign)
+
+    lower = sub.add_parser("quantize", help="derive an int8 or fp16 export from an existing fp32 export")
+    lower.add_argument("export", type=Path, help="the fp32 export's folder (holding model.json)")
+    _precision_options(lower, required=True)
+    lower.add_argument("--out", type=Path, help="where NAME-PRECISION goes (default: beside the fp32 export)")
     return parser
+
+
+def _precision_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    choices = ["int8", "fp16"] if required else ["fp32", "int8", "fp16"]
+    parser.add_argument("--precision", choices=choices, required=required, default=None if required else "fp32",
+                        help="int8 (CPU) or fp16 (CUDA): also write NAME-PRECISION, judged against fp32 on "
+                             "held-out photos (docs/precision.md)")  # fmt: skip
+    parser.add_argument("--calibration", type=Path, metavar="FOLDER",
+                        help="int8: calibrate on these photos (default: a built-in set of real photos)")  # fmt: skip
+    parser.add_argument("--float-convs", type=_count, metavar="N",
+                        help="int8: keep exactly the first N convolutions in float (default: the fewest that "
+                             "meet the cosine threshold on the calibration photos)")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="write a derived export that misses its thresholds")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..10000")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +125,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic", "lanczos"], default="bilinear")
     parser.add_argument("--no-labels", action="store_true", help="do not attach ImageNet labels to [1000] outputs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    _precision_options(parser)
 
 
 def _preprocess(args, size: int) -> Preprocess:
@@ -119,6 +150,8 @@ def _labels(args):
 def _report(directory: Path) -> None:
     manifest = load_manifest(directory / "model.json")
     print(f"wrote {directory / manifest.onnx.file} (sha256 {manifest.onnx.sha256[:12]}…, opset {manifest.onnx.opset})")
+    if manifest.quality is not None:
+        return _report_quality(directory, manifest)
     print(f"wrote {directory / 'model.json'} (verified against {manifest.verification.reference}: "
           f"max abs error {manifest.verification.max_abs_error:.2e})")  # fmt: skip
     print(f"  {'layer':<24} {'level':<5} {'shape':<16} {'stride':>6} {'RF':>5}")
@@ -126,6 +159,23 @@ def _report(directory: Path) -> None:
         shape = "x".join(map(str, layer.shape))
         print(f"  {layer.name:<24} {layer.level:<5} {shape:<16} {layer.stride or '-':>6} "
               f"{layer.receptive_field or '-':>5}")  # fmt: skip
+
+
+def _report_quality(directory: Path, manifest) -> None:
+    """A derived export: its cosine to fp32 per layer and pooling on the held-out photos, and top-1 agreement."""
+    quality = manifest.quality
+    state = "FORCED although below the thresholds" if quality.forced else "passed the thresholds"
+    print(f"wrote {directory / 'model.json'} ({manifest.precision} of {quality.reference}, judged on "
+          f"{quality.images} views of held-out photos: {state})")  # fmt: skip
+    if quality.kept_float:
+        print(f"  kept in float: the first {quality.float_convs} convolutions and the head after the last map, "
+              f"{len(quality.kept_float)} nodes (docs/precision.md)")  # fmt: skip
+    print(f"  {'layer':<24} " + " ".join(f"{'cos ' + p:>10}" for p in ("none", "avg", "max")))
+    for layer in manifest.layers:
+        means = [quality.cosine[layer.name].get(p, {}).get("mean") for p in ("none", "avg", "max")]
+        print(f"  {layer.name:<24} " + " ".join(f"{m:>10.4f}" if m is not None else f"{'-':>10}" for m in means))
+    if quality.top1_agreement is not None:
+        print(f"  top-1 agreement with fp32: {quality.top1_agreement:.1%}")
 
 
 def _list(args) -> None:
@@ -144,25 +194,54 @@ def _run(args) -> None:
 
     if args.command == "list":
         return _list(args)
+    if args.command == "quantize":
+        return _quantize(args)
     if args.command == "zoo":
-        from exporter.build import is_current
-        from exporter.zoo import recipe
+        return _zoo(args, sources)
+    if args.command in ("torchvision", "timm"):
+        return _export(args, lambda out: sources.export_backbone(
+            args.command, args.model, args.weights, args.name, args.layers, args.levels, args.input_size, out,
+            not args.no_labels))  # fmt: skip
+    if args.command == "module":
+        pre, labels = _preprocess(args, args.input_size or 224), _labels(args)
+        return _export(args, lambda out: sources.export_module(
+            args.factory, args.name, args.layers, args.levels, pre, args.weights, out, labels))  # fmt: skip
+    return _run_onnx(args, sources)
 
-        recipe(args.model)
-        if args.skip_existing and is_current(args.out, args.model):
+
+def _derive_options(args) -> dict:
+    if args.precision != "int8" and (args.calibration or args.float_convs is not None):
+        raise ExportError("--calibration and --float-convs apply to --precision int8 only")
+    return {"calibration_folder": args.calibration, "float_convs": args.float_convs, "force": args.force}
+
+
+def _export(args, export_fp32) -> None:
+    """One export route at the asked precision: the fp32 export, plus NAME-PRECISION when asked."""
+    from exporter.precision import export_at
+
+    for directory in export_at(args.precision, export_fp32, args.out, **_derive_options(args)):
+        _report(directory)
+
+
+def _zoo(args, sources) -> None:
+    from exporter.build import is_current
+    from exporter.precision import derive, is_derived_current
+    from exporter.zoo import recipe
+
+    recipe(args.model)
+    if args.skip_existing and is_current(args.out, args.model):
+        if args.precision == "fp32" or is_derived_current(args.out, args.model, args.precision):
             print(f"{args.out / args.model} is up to date; nothing to do")
             return None
-        return _report(sources.export_zoo(args.model, args.out))
-    if args.command in ("torchvision", "timm"):
-        directory = sources.export_backbone(args.command, args.model, args.weights, args.name, args.layers,
-                                            args.levels, args.input_size, args.out, not args.no_labels)  # fmt: skip
-        return _report(directory)
-    if args.command == "module":
-        preprocess = _preprocess(args, args.input_size or 224)
-        directory = sources.export_module(args.factory, args.name, args.layers, args.levels, preprocess,
-                                          args.weights, args.out, _labels(args))  # fmt: skip
-        return _report(directory)
-    return _run_onnx(args, sources)
+        return _report(derive(args.out / args.model, args.precision, args.out, **_derive_options(args)))
+    return _export(args, lambda out: sources.export_zoo(args.model, out))
+
+
+def _quantize(args) -> None:
+    from exporter.precision import derive
+
+    options = _derive_options(args)
+    _report(derive(args.export, args.precision, args.out or args.export.resolve().parent, **options))
 
 
 def _run_onnx(args, sources) -> None:
@@ -185,9 +264,8 @@ def _run_onnx(args, sources) -> None:
     if fixed and args.input_size and args.input_size != fixed[0]:
         raise ExportError(f"--input-size {args.input_size} but the model's input is fixed at {fixed[0]}")
     size = fixed[0] if fixed else (args.input_size or 224)
-    directory = sources.export_onnx(args.path, args.name, args.layers, args.levels, _preprocess(args, size),
-                                    args.out, _labels(args))  # fmt: skip
-    return _report(directory)
+    return _export(args, lambda out: sources.export_onnx(
+        args.path, args.name, args.layers, args.levels, _preprocess(args, size), out, _labels(args)))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

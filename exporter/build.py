@@ -188,7 +188,6 @@ def _tool_versions() -> dict[str, str]:
 def write(out_root: Path, name: str, model: onnx.ModelProto, manifest: Manifest) -> Path:
     """Write model.onnx + model.json into out_root/name, replacing any old export only once complete."""
     out_root = Path(out_root)
-    target = out_root / name
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out_root))
     staging.chmod(0o755)  # mkdtemp makes 0700; the server may run as another user
@@ -199,14 +198,19 @@ def write(out_root: Path, name: str, model: onnx.ModelProto, manifest: Manifest)
         final_manifest = replace(manifest, onnx=replace(manifest.onnx, sha256=sha256_of(onnx_path)))
         (staging / MANIFEST_FILE).write_text(final_manifest.to_json())
         load_manifest(staging / MANIFEST_FILE)  # what we wrote must read back
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=out_root))
-            target.rename(retired / name)
-            staging.rename(target)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(target)
+        return install(staging, out_root / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def install(complete: Path, target: Path) -> Path:
+    """Move a complete export folder to `target` (same file system), replacing an old one only at the end."""
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        target.rename(retired / target.name)
+        complete.rename(target)
+        shutil.rmtree(retired)
+    else:
+        complete.rename(target)
     return target

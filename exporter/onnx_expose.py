@@ -88,6 +88,10 @@ def expose(model: onnx.ModelProto, layers: dict[str, str]) -> onnx.ModelProto:
     outputs = {o.name for o in graph.output}
     taken = {name for node in graph.node for name in node.output} | {i.name for i in graph.input}
     for layer, tensor in layers.items():
+        pooled = [output_name(layer, pooling) for pooling in POOL_OPS]
+        if any(name in taken for name in pooled):  # e.g. the graph is itself an export with pooled heads
+            raise ExportError(f"layer {layer!r} would add outputs {' and '.join(pooled)}, but the graph already has "
+                              "tensors of those names (an export of an export?); name the layer otherwise")  # fmt: skip
         if layer != tensor:
             if layer in taken:
                 raise ExportError(f"layer name {layer!r} clashes with a tensor of the graph; choose another")

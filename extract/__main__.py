@@ -140,6 +140,7 @@ def _report(summary: dict) -> None:
     resumed = f", {summary['resumed_from']} done by an earlier run" if summary["resumed_from"] else ""
     print(f"{summary['inputs']} inputs: {summary['rows']} rows, {summary['failed']} failed{resumed}")
     ran_on = f" on {summary['provider']}" if summary["provider"] else ""
+    ran_on += f", {summary['precision']}" if summary["precision"] != "fp32" else ""
     print(
         f"processed {summary['processed']} images in {summary['seconds']:.1f} s "
         f"({summary['images_per_second']:.1f} images/s, {summary['engine']} engine{ran_on})"

@@ -72,7 +72,8 @@ def run(
     plan = make_plan(sources, info, levels, layers, pooling, dtype, format)
     output = JobOutput(Path(out), plan)
     state = output.open(overwrite)
-    summary = {"out": str(out), "inputs": len(sources), "state": state, "engine": "server" if server else engine}
+    summary = {"out": str(out), "inputs": len(sources), "state": state, "engine": "server" if server else engine,
+               "precision": plan.model.precision}  # fmt: skip
     if state == "complete":
         done = output.summary()
         return {

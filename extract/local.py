@@ -21,7 +21,7 @@ from engine.images import DEFAULT_MAX_PIXELS, load_tensor
 from engine.manifest import Manifest, Preprocess
 from engine.runtime import OrtRuntime
 from engine.settings import Settings
-from engine.subgraphs import prefix_models
+from engine.subgraphs import exact_model
 from extract.plan import Plan
 from extract.writers import BatchResult
 
@@ -29,7 +29,7 @@ POOLS = ("thread", "process")
 
 
 class LocalModel:
-    """One ONNX Runtime session on the smallest graph that computes `outputs`, on the providers asked for.
+    """One ONNX Runtime session on the graph that computes just `outputs`, on the providers asked for.
 
     `runtime.provider` is the one that actually runs (CPU, with a warning in `runtime.warnings`, when CUDA was
     asked for but is not there), read back from the session as the service does.
@@ -37,9 +37,8 @@ class LocalModel:
 
     def __init__(self, onnx_path: Path, manifest: Manifest, outputs: list[str], providers: list[str], threads: int):
         self.outputs = list(dict.fromkeys(outputs))
-        wanted = set(self.outputs)
-        smallest = [prefix for prefix in prefix_models(onnx_path, manifest, "layers") if wanted <= set(prefix[0])][:1]
-        self.runtime = OrtRuntime(onnx_path, providers, threads, manifest.onnx.dynamic_batch, prefixes=smallest)
+        exact = [(self.outputs, exact_model(onnx_path, manifest, self.outputs))]
+        self.runtime = OrtRuntime(onnx_path, providers, threads, manifest.onnx.dynamic_batch, prefixes=exact)
 
     def infer(self, plan: Plan, batch: np.ndarray) -> list[np.ndarray]:
         """One array per plan layer, [len(batch), *shape]."""

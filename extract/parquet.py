@@ -29,6 +29,7 @@ def write_parquet(path: Path, plan: Plan, matrices: list[np.ndarray], rows: np.n
     description = {
         "model": plan.model.name,
         "model_sha256": plan.model.sha256,
+        "model_precision": plan.model.precision,
         "pooling": plan.pooling,
         "dtype": plan.dtype,
         "layers": [

@@ -31,6 +31,7 @@ class ModelInfo:
     manifest_text: str  # copied to DIR/model.json
     manifest: Manifest | None = None  # local exports only
     onnx_path: Path | None = None
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def local_model(models_dir: Path, name: str) -> ModelInfo:
     """
     manifest, onnx_path = open_export(models_dir, name)
     text = (Path(models_dir) / name / MANIFEST).read_text()  # copied to DIR/model.json as it is
-    return ModelInfo(name, manifest.onnx.sha256, manifest.layers, text, manifest, onnx_path)
+    return ModelInfo(name, manifest.onnx.sha256, manifest.layers, text, manifest, onnx_path, manifest.precision)
 
 
 def make_plan(sources: list[str], model: ModelInfo, levels, layers, pooling: str, dtype: str, fmt: str) -> Plan:

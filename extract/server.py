@@ -94,6 +94,7 @@ class ServerClient:
                 catalogue.pop(volatile, None)
             layers = [_catalogue_layer(entry) for entry in catalogue["layers"]]
             sha256 = str(catalogue["sha256"])
+            precision = str(catalogue.get("precision", "fp32"))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UsageError(f"{self.url} does not answer like the feature service (GET /v1/models/{name})") from None
         text = json.dumps(catalogue, indent=2) + "\n"
@@ -103,7 +104,7 @@ class ServerClient:
                 text = local.read_text()
         except (OSError, FeaturesError):  # ManifestError (Misconfigured), whatever the reason
             pass  # no local copy of this export: the server's description stands in for the manifest
-        return ModelInfo(name, sha256, layers, text)
+        return ModelInfo(name, sha256, layers, text, precision=precision)
 
 
 class ServerEngine:

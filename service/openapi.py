@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from engine.features import DTYPES, ENCODINGS
-from engine.manifest import LEVELS, POOLINGS
+from engine.manifest import LEVELS, POOLINGS, PRECISIONS
 
 _REF = "#/components/schemas/"
 
@@ -45,6 +45,7 @@ def _nullable(schema: dict) -> dict:
 
 
 _JSON_OPTIONS = {name: _nullable(schema) for name, schema in _OPTIONS.items()}
+_PRECISION = {"enum": list(PRECISIONS), "description": "of the export's weights and arithmetic (docs/precision.md)"}
 
 _SCHEMAS = {
     "Problem": {
@@ -70,10 +71,11 @@ _SCHEMAS = {
     },
     "ModelSummary": {
         "type": "object",
-        "required": ["name", "sha256", "ready", "provider", "levels"],
+        "required": ["name", "sha256", "precision", "ready", "provider", "levels"],
         "properties": {
             "name": {"type": "string"},
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "precision": _PRECISION,
             "ready": {"type": "boolean"},
             "provider": {"type": ["string", "null"]},
             "levels": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
@@ -111,6 +113,11 @@ _SCHEMAS = {
             "logits_layer": {"type": ["string", "null"]},
             "labels": {"type": "integer"},
             "source": {"type": "object"},
+            "quality": {
+                "type": ["object", "null"],
+                "description": "int8/fp16: cosine to the fp32 export per layer and pooling, top-1 agreement, "
+                "on held-out photos (docs/precision.md); null for fp32",
+            },
             "verification": {"type": "object"},
         },
     },
@@ -127,10 +134,11 @@ _SCHEMAS = {
     },
     "FeaturesResponse": {
         "type": "object",
-        "required": ["model", "sha256", "provider", "options", "results", "timings_ms"],
+        "required": ["model", "sha256", "precision", "provider", "options", "results", "timings_ms"],
         "properties": {
             "model": {"type": "string"},
             "sha256": {"type": "string"},
+            "precision": _PRECISION,
             "provider": {"type": "string"},
             "options": {"type": "object"},
             "results": {

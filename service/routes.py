@@ -24,6 +24,7 @@ def describe(model: LoadedModel, full: bool) -> dict:
     body = {
         "name": manifest.name,
         "sha256": manifest.onnx.sha256,
+        "precision": manifest.precision,
         "ready": runtime is not None,
         "provider": runtime.provider if runtime else None,
         "levels": {
@@ -58,6 +59,7 @@ def describe(model: LoadedModel, full: bool) -> dict:
         logits_layer=manifest.logits_layer,
         labels=len(manifest.labels) if manifest.labels else 0,
         source=asdict(manifest.source),
+        quality=asdict(manifest.quality) if manifest.quality else None,
         verification={
             "passed": manifest.verification.passed,
             "reference": manifest.verification.reference,
@@ -120,6 +122,7 @@ def features(model_name: str):
     body = {
         "model": model.name,
         "sha256": model.manifest.onnx.sha256,
+        "precision": model.manifest.precision,
         "provider": model.runtime.provider,
         "options": {
             "levels": list(options.levels),

@@ -122,3 +122,9 @@ def test_image_sides_out_of_range_are_usage_errors(tmp_path, option, value):
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines()[-1].startswith(f"python -m exporter module: error: argument {option}")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_given_back_to_the_onnx_route_is_refused_not_crashed(lite0_dir, tmp_path):
+    """Its graph already holds `stem__avg` & co.: adding them again made ONNX Runtime fail on duplicate names."""
+    _expect_failure(tmp_path / "out", "onnx", lite0_dir / "model.onnx", "--name", "again", "--layers", "stem",
+                    contains="an export of an export")  # fmt: skip

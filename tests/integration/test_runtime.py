@@ -1,4 +1,4 @@
-"""The runtime's prefix sub-graphs: the smallest graph holding the requested outputs, same numbers as the full one."""
+"""The runtime's sub-graphs: the smallest graph holding the requested outputs, same numbers as the full one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from tests.helpers import photo
 
 def test_prefix_graphs_are_chosen_by_depth_and_bit_identical(lite0_dir, lite0_manifest):
     path = lite0_dir / "model.onnx"
-    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest, "layers"))
+    runtime = OrtRuntime(
+        path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest, "layers", pooled=False)
+    )
     layers = lite0_manifest.layers
     assert len(runtime.graphs) == len(layers)  # one prefix per layer but the last, plus the full model
     batch = np.stack([preprocess_image(photo(name), lite0_manifest.preprocess) for name in ("chelsea", "coffee")])
@@ -29,7 +31,7 @@ def test_prefix_graphs_are_chosen_by_depth_and_bit_identical(lite0_dir, lite0_ma
 def test_level_cuts_end_where_each_level_ends(lite0_dir, lite0_manifest):
     """The default: a sub-graph per level boundary, so a level request computes only up to that level."""
     path = lite0_dir / "model.onnx"
-    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest))
+    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest, pooled=False))
     levels = [layer.level for layer in lite0_manifest.layers]
     assert len(runtime.graphs) == len(set(levels))  # low ends, mid ends, the full model
     batch = np.stack([preprocess_image(photo("chelsea"), lite0_manifest.preprocess)])
@@ -43,3 +45,20 @@ def test_level_cuts_end_where_each_level_ends(lite0_dir, lite0_manifest):
         }
         for got, expected in zip(runtime.run(names, batch), runtime.session.run(names, {"input": batch}), strict=True):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_pooled_graphs_serve_average_pooled_requests(lite0_dir, lite0_manifest):
+    """The default request (average-pooled embeddings) runs a graph without the full maps and max pooling."""
+    path = lite0_dir / "model.onnx"
+    runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest))
+    layers = lite0_manifest.layers
+    assert len(runtime.graphs) == 2 * len({layer.level for layer in layers})  # pooled + full per level end
+    batch = np.stack([preprocess_image(photo(name), lite0_manifest.preprocess) for name in ("chelsea", "rocket")])
+    pooled = [layer.outputs.get("avg", layer.outputs["none"]) for layer in layers]
+    low = [layer.outputs["avg"] for layer in layers if layer.level == "low"]
+    for names, graph in ((pooled, 4), (low, 0), ([*low, "stem__max"], 1), ([*pooled, "stem"], 5)):
+        assert runtime.session_for(names) is runtime.graphs[graph][1]
+        for got, expected in zip(runtime.run(names, batch), runtime.session.run(names, {"input": batch}), strict=True):
+            np.testing.assert_array_equal(got, expected)
+    assert set(runtime.graphs[4][0]) == set(pooled)  # no map, no max: ONNX Runtime would compute them all
+    assert runtime.graphs[5][1] is runtime.session

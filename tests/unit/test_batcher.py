@@ -27,7 +27,7 @@ DEADLINE_S = 60  # only a hung batcher reaches it
 @pytest.fixture(scope="module")
 def runtime(tiny_dir, tiny_manifest) -> OrtRuntime:
     path = tiny_dir / "model.onnx"
-    return OrtRuntime(path, ["CPUExecutionProvider"], 1, True, prefix_models(path, tiny_manifest))
+    return OrtRuntime(path, ["CPUExecutionProvider"], 1, True, prefix_models(path, tiny_manifest, pooled=False))
 
 
 @pytest.fixture(scope="module")

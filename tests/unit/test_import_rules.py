@@ -1,7 +1,8 @@
 """The layers of the code, read from the code: which package may import which (ast, lazy imports included).
 
 engine/ is the core and imports no edge and no web or torch stack; service/ is the HTTP edge; extract/ and insight/
-are the batch and study edges on the core; the exporter uses only the core's manifest, preprocessing and errors.
+are the batch and study edges on the core; the exporter uses only the core's manifest, preprocessing, errors and
+image decoding (int8 calibration photos are decoded exactly as the service will decode what it serves).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ FORBIDDEN = {
     "insight": EDGES - {"insight"} | TORCH_STACK | {"flask", "werkzeug", "gunicorn", "ray", "pyarrow"},
     "exporter": EDGES - {"exporter"} | {"flask", "werkzeug", "gunicorn"},
 }  # fmt: skip
-EXPORTER_MAY_USE = {"engine.manifest", "engine.preprocess", "engine.errors"}
+EXPORTER_MAY_USE = {"engine.manifest", "engine.preprocess", "engine.errors", "engine.images"}
 
 
 def imported_modules(source: str) -> set[str]:
