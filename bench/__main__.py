@@ -1,9 +1,13 @@
 """python -m bench [--quick] [--seconds S] [--out bench/results] [--env FEATURES_X=Y ...]
 
-One run, same photos, same model (EfficientNet-Lite0, exported if missing), pooled embeddings of every level:
-  1. ceiling: in-process decode + ONNX Runtime, pipelined (and sequential, for per-image latency);
-  2. service: the repo's gunicorn config at concurrency 1, 8, 32 with raw, multipart and base64-JSON bodies;
-  3. hand-written Flask + ONNX Runtime route; 4. hand-written Flask + PyTorch eager route;
+One run, same photos, same model (EfficientNet-Lite0 and its int8 export, made if missing), pooled embeddings
+of every level:
+  1. ceiling: in-process decode + ONNX Runtime, pipelined (and sequential, for per-image latency), and
+     inference alone at batch 8 in fp32 and int8;
+  2. service: the repo's gunicorn config at concurrency 1, 8, 32 with raw, multipart and base64-JSON bodies,
+     the int8 export at 1 and 8, and small photos only at 8;
+  3. hand-written Flask + ONNX Runtime route; 4. hand-written Flask + PyTorch eager route; each swept over a
+     few simple gunicorn/thread configurations (bench/baseline_sweep.py), the fastest then timed in full;
   5. early layers only vs all levels; full maps of one low layer as JSON vs base64 float16;
   6. batch extraction (python -m extract, local engine) of a folder of copies of the photos.
 Load comes from wrk in its own process. Results: results.json, results.md and chart.png in --out.
@@ -22,12 +26,14 @@ from pathlib import Path
 
 import onnxruntime
 
-from bench import ceiling, load, photos, report, servers, verify
+from bench import baseline_sweep, ceiling, load, photos, report, servers, verify
 from engine.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
+INT8 = f"{MODEL}-int8"
 FEATURES = f"/v1/models/{MODEL}/features"
+INT8_FEATURES = f"/v1/models/{INT8}/features"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,12 +50,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def ensure_model(models_dir: Path) -> Path:
+    """The fp32 export and its int8 sibling (docs/precision.md), each made only if missing or stale."""
     import subprocess
 
-    folder = models_dir / MODEL
-    command = [sys.executable, "-m", "exporter", "zoo", MODEL, "--out", str(models_dir), "--skip-existing"]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
-    return folder
+    command = [sys.executable, "-m", "exporter", "zoo", MODEL, "--out", str(models_dir), "--skip-existing",
+               "--precision", "int8"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"exporting {MODEL} failed: {done.stderr.strip()}")
+    return models_dir / MODEL
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -75,6 +84,12 @@ def run(args: argparse.Namespace) -> dict:
     print("ceiling (in-process)…", flush=True)
     record("ceiling pipelined", 0, "-", ceiling.pipelined(manifest, model_path, images, seconds))
     record("ceiling sequential", 1, "-", ceiling.sequential(manifest, model_path, images, seconds))
+    int8_dir = args.models_dir / INT8
+    int8 = (load_manifest(int8_dir / "model.json"), str(int8_dir / "model.onnx"))
+    record("ceiling pipelined int8", 0, "-", ceiling.pipelined(*int8, images, seconds))
+    for _ in range(2):  # fp32 and int8 alternated, twice: the noise of a shared machine hits both alike
+        record("ceiling compute fp32", 0, "-", ceiling.compute(manifest, model_path, images, seconds / 2))
+        record("ceiling compute int8", 0, "-", ceiling.compute(*int8, images, seconds / 2))
 
     record("batch extract (local engine)", 0, "-", batch_extract(args.models_dir, work, seconds))
 
@@ -93,6 +108,17 @@ def run(args: argparse.Namespace) -> dict:
             for kind in ("raw", "multipart", "json"):
                 summary = load.wrk(server.url, FEATURES, bodies[kind], concurrency, seconds)
                 record("service", concurrency, kind, summary, rss_mib=server.rss_mib())
+        small = load.prepare_bodies(baseline_sweep.small_photos(images), "raw", work / "small")
+        summary = load.wrk(server.url, FEATURES, small, 8, seconds)
+        record("service small photos", 8, "raw", summary, rss_mib=server.rss_mib())
+        for concurrency in (1, 8):
+            record(
+                "service int8",
+                concurrency,
+                "raw",
+                load.wrk(server.url, INT8_FEATURES, bodies["raw"], concurrency, seconds),
+            )
+        record("service int8 small photos", 8, "raw", load.wrk(server.url, INT8_FEATURES, small, 8, seconds))
         for concurrency in (1, 8):
             summary = load.wrk(server.url, FEATURES + "?levels=low", bodies["raw"], concurrency, seconds)
             record("service low levels only", concurrency, "raw", summary)
@@ -104,13 +130,17 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         server.stop()
 
-    workers = len(os.sched_getaffinity(0))
+    photo_sets = {"mixed": bodies["raw"], "small": small}
     for app, label in (("ort_app", "hand-written ORT"), ("torch_app", "hand-written PyTorch")):
-        baseline = servers.baseline(app, model_dir, work / f"{app}.log", workers).wait_ready()
+        # configurations are ranked on half-length runs; the fastest is then timed like the service
+        rows, best = baseline_sweep.sweep(app, model_dir, work, photo_sets, seconds / 2)
+        for row in rows:
+            record(f"{label} sweep", baseline_sweep.CONCURRENCY, "raw", row)
+        baseline = baseline_sweep.start(app, model_dir, work / f"{app}.log", best)
         try:
             for concurrency in (1, 8):
                 summary = load.wrk(baseline.url, "/features", bodies["raw"], concurrency, seconds)
-                record(label, concurrency, "raw", summary, rss_mib=baseline.rss_mib())
+                record(label, concurrency, "raw", summary, rss_mib=baseline.rss_mib(), config=best.describe())
         finally:
             baseline.stop()
     results["ratios"] = report.ratios(results)

@@ -12,6 +12,9 @@ TARGETS = {
     "low_only_over_all_levels_compute": ("<=", 0.5),
     "service_p50_c1_minus_ceiling_ms": ("<=", 5.0),
     "service_rss_growth_mib": ("<=", 50.0),
+    "int8_over_fp32_compute_batch8": (">=", 1.8),
+    "service_int8_c8_over_fp32_c8": (">=", 1.5),
+    "service_small_c8_over_best_handwritten_ort_small": (">=", 1.25),
 }
 
 
@@ -30,6 +33,19 @@ def p99_ms(row: dict) -> float | None:
     if "p99_ms" in row:
         return row["p99_ms"]
     return row["latency_us"]["p99"] / 1e3 if "latency_us" in row else None
+
+
+def _mean(results: dict, scenario: str) -> float:
+    """Mean images/s of a scenario's runs (the alternated fp32/int8 compute runs)."""
+    rates = [row["images_per_s"] for row in results["runs"] if row["scenario"] == scenario]
+    return sum(rates) / len(rates)
+
+
+def _best_sweep(results: dict, label: str, photos: str) -> float:
+    """The fastest configuration of a hand-written route on a photo set (bench/baseline_sweep.py)."""
+    return max(
+        r["images_per_s"] for r in results["runs"] if r["scenario"] == f"{label} sweep" and r["photos"] == photos
+    )
 
 
 def _divide(numerator: float, denominator: float) -> float | None:
@@ -64,7 +80,22 @@ def ratios(results: dict) -> dict:
         "stem_maps_base64_fp16_over_json_p50": _divide(
             p50_ms(_run(results, "service stem maps base64", 1)), p50_ms(_run(results, "service stem maps json", 1))
         ),
-    }
+        "int8_over_fp32_compute_batch8": _divide(_mean(results, "ceiling compute int8"),
+                                                 _mean(results, "ceiling compute fp32")),
+        "int8_over_fp32_pipelined": _divide(_run(results, "ceiling pipelined int8", 0)["images_per_s"],
+                                            _run(results, "ceiling pipelined", 0)["images_per_s"]),
+        "service_int8_c8_over_fp32_c8": _divide(_run(results, "service int8", 8)["images_per_s"],
+                                                _run(results, "service", 8)["images_per_s"]),
+        "service_int8_small_c8_over_fp32_small_c8": _divide(
+            _run(results, "service int8 small photos", 8)["images_per_s"],
+            _run(results, "service small photos", 8)["images_per_s"]),
+        "service_small_c8_over_best_handwritten_ort_small": _divide(
+            _run(results, "service small photos", 8)["images_per_s"],
+            _best_sweep(results, "hand-written ORT", "small")),
+        "service_small_c8_over_best_handwritten_torch_small": _divide(
+            _run(results, "service small photos", 8)["images_per_s"],
+            _best_sweep(results, "hand-written PyTorch", "small")),
+    }  # fmt: skip
     return {name: None if value is None else round(value, 3) for name, value in figures.items()}
 
 
@@ -82,20 +113,22 @@ def markdown(results: dict) -> str:
         "# Benchmark results",
         "",
         f"{machine['date']}, {machine['cpus']} CPUs, Python {machine['python']}, ONNX Runtime "
-        f"{machine['onnxruntime']}, EfficientNet-Lite0 fp32, {len(results['photos'])} JPEG photos of mixed sizes, "
-        f"{results['seconds_per_run']:g} s per run, one image per request, load from wrk.",
+        f"{machine['onnxruntime']}, EfficientNet-Lite0 fp32 (and int8 where a row says so), "
+        f"{len(results['photos'])} JPEG photos of mixed sizes (small photos: those of at most 640 px), "
+        f"{results['seconds_per_run']:g} s per run (sweep runs half that), one image per request, load from wrk.",
         "",
         "| scenario | concurrency | body | images/s | p50 ms | p99 ms | failed |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in results["runs"]:
         p99 = p99_ms(row)
+        scenario = row["scenario"] + (f" ({row['photos']} photos; {row['config']})" if "photos" in row else "")
+        scenario += f" ({row['config']})" if "config" in row and "photos" not in row else ""
         lines.append(
-            f"| {row['scenario']} | {row['concurrency'] or '-'} | {row['body']} | {row['images_per_s']:.1f} | "
+            f"| {scenario} | {row['concurrency'] or '-'} | {row['body']} | {row['images_per_s']:.1f} | "
             f"{p50_ms(row):.1f} | {'-' if p99 is None else f'{p99:.1f}'} | {row.get('failed', 0)} |"
             if "latency_us" in row or "p50_ms" in row
-            else f"| {row['scenario']} | {row['concurrency'] or '-'} | {row['body']} | {row['images_per_s']:.1f} "
-            f"| - | - | 0 |"
+            else f"| {scenario} | {row['concurrency'] or '-'} | {row['body']} | {row['images_per_s']:.1f} | - | - | 0 |"
         )
     lines += ["", "| ratio | value | target |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {verdict(name, value)} |" for name, value in results["ratios"].items()]
@@ -135,6 +168,7 @@ def chart(results: dict, path: Path) -> None:
     throughput += [
         (f"service {body}", _run(results, "service", 8, body)["images_per_s"]) for body in ("raw", "multipart", "json")
     ]
+    throughput += [("service int8", _run(results, "service int8", 8)["images_per_s"])]
     throughput += [("service low only", _run(results, "service low levels only", 8)["images_per_s"])]
     throughput += [
         (name, _run(results, name, 8)["images_per_s"]) for name in ("hand-written ORT", "hand-written PyTorch")
@@ -142,11 +176,12 @@ def chart(results: dict, path: Path) -> None:
     latency = [
         ("ceiling", p50_ms(_run(results, "ceiling sequential", 1))),
         ("service", p50_ms(_run(results, "service", 1))),
+        ("service int8", p50_ms(_run(results, "service int8", 1))),
         ("service low only", p50_ms(_run(results, "service low levels only", 1))),
     ]
     latency += [(name, p50_ms(_run(results, name, 1))) for name in ("hand-written ORT", "hand-written PyTorch")]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    colours = ["#777777", "#8c564b", "#1f77b4", "#1f77b4", "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e"]
+    colours = ["#777777", "#8c564b", "#1f77b4", "#1f77b4", "#1f77b4", "#17becf", "#2ca02c", "#d62728", "#ff7f0e"]
     left.barh([n for n, _ in throughput][::-1], [v for _, v in throughput][::-1], color=colours[::-1])
     left.set_xlabel("images/s at concurrency 8 (higher is better)")
     right.barh([n for n, _ in latency][::-1], [v for _, v in latency][::-1], color="#9467bd")

@@ -105,11 +105,23 @@ def service(models_dir: Path, log: Path, **env: str) -> Gunicorn:
     return Gunicorn(*service_command(models_dir, **{"FEATURES_LOG_LEVEL": "warning", **env}), log, "/readyz")
 
 
-def baseline(app: str, model_dir: Path, log: Path, workers: int) -> Gunicorn:
-    """A hand-written app with gunicorn's defaults (sync workers): one worker per core, cores / workers threads."""
+def baseline(
+    app: str,
+    model_dir: Path,
+    log: Path,
+    workers: int,
+    threads: int | None = None,
+    worker_class: str = "sync",
+    gthreads: int = 1,
+) -> Gunicorn:
+    """A hand-written app under gunicorn: `workers` processes of `worker_class` (sync, or gthread with `gthreads`
+    request threads each; gunicorn itself turns sync into gthread when gthreads > 1), the library on `threads`
+    intra-op threads (None: cores / workers; 0: the library's default)."""
+    threads = max(1, _cores() // workers) if threads is None else threads
+    gunicorn = ["--workers", str(workers), "--worker-class", worker_class, "--threads", str(gthreads)]
     return Gunicorn(
-        [f"bench.baselines.{app}:app", "--workers", str(workers), "--log-level", "warning"],
-        {"BENCH_MODEL_DIR": str(model_dir), "BENCH_THREADS": str(max(1, _cores() // workers))},
+        [f"bench.baselines.{app}:app", *gunicorn, "--log-level", "warning"],
+        {"BENCH_MODEL_DIR": str(model_dir), "BENCH_THREADS": str(threads)},
         log,
         "/healthz",
     )

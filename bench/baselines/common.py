@@ -13,8 +13,9 @@ from PIL import Image
 MODEL_DIR = Path(os.environ.get("BENCH_MODEL_DIR", "exported_models/efficientnet_lite0"))
 MANIFEST = json.loads((MODEL_DIR / "model.json").read_text())
 PRE = MANIFEST["preprocess"]
-# cores / workers, the usual advice (and what the service does), so no baseline loses to oversubscription:
-# with each of 2 workers on 2 threads, PyTorch at concurrency 8 fell to 1 image/s.
+# The library's intra-op threads; 0 keeps its own default (one per core), what a user who never sets it gets.
+# bench/baseline_sweep.py tries both, and reports the faster: the default oversubscribes the cores as soon as
+# two requests run at once (PyTorch with each of 2 workers on 2 threads fell to 1 image/s at concurrency 8).
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 

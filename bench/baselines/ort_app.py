@@ -10,7 +10,8 @@ from flask import Flask, request
 from bench.baselines.common import MANIFEST, MODEL_DIR, THREADS, preprocess
 
 options = ort.SessionOptions()
-options.intra_op_num_threads = THREADS
+if THREADS:  # else ONNX Runtime's default
+    options.intra_op_num_threads = THREADS
 session = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), options, providers=["CPUExecutionProvider"])
 layers = [(layer["name"], layer["outputs"].get("avg", layer["outputs"]["none"])) for layer in MANIFEST["layers"]]
 app = Flask(__name__)

@@ -10,7 +10,8 @@ from flask import Flask, request
 from bench.baselines.common import THREADS, preprocess
 from exporter.zoo import recipe
 
-torch.set_num_threads(THREADS)
+if THREADS:  # else PyTorch's default
+    torch.set_num_threads(THREADS)
 model = recipe("efficientnet_lite0").build()
 taps, _ = recipe("efficientnet_lite0").taps(model)
 captured: dict[str, torch.Tensor] = {}

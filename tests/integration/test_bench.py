@@ -11,14 +11,17 @@ import sys
 import pytest
 from PIL import Image
 
+from engine.manifest import load_manifest
 from tests.helpers import REPO
 
 
-def test_quick_benchmark_runs_every_scenario(models_dir, tmp_path):
+def test_quick_benchmark_runs_every_scenario(lite0_dir, tmp_path):
     if shutil.which("wrk") is None and os.environ.get("CI") != "true":
         pytest.skip("wrk is not installed (apt-get install wrk); CI installs it")
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--models-dir", str(models_dir)]
+    models = tmp_path / "models"  # a copy: the bench adds the int8 export, which the shared folder must not get
+    shutil.copytree(lite0_dir, models / lite0_dir.name)
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--models-dir", str(models)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -31,13 +34,18 @@ def test_quick_benchmark_runs_every_scenario(models_dir, tmp_path):
     for concurrency in (1, 8, 32):
         for body in ("raw", "multipart", "json"):
             assert ("service", concurrency, body) in scenarios
-    for name in ("hand-written ORT", "hand-written PyTorch", "service low levels only"):
+    for name in ("hand-written ORT", "hand-written PyTorch", "service low levels only", "service int8",
+                 "service small photos", "service int8 small photos"):  # fmt: skip
         assert (name, 8, "raw") in scenarios
+    sweep = [run for run in results["runs"] if run["scenario"] == "hand-written ORT sweep"]
+    assert {run["photos"] for run in sweep} == {"mixed", "small"} and len({run["config"] for run in sweep}) >= 4
+    assert load_manifest(models / "efficientnet_lite0-int8" / "model.json").precision == "int8"
     for run in results["runs"]:
         assert run.get("failed", 0) == 0, run
         if run["scenario"].startswith(("service", "ceiling")) and run["concurrency"] in (0, 1, 8):
             assert run["images_per_s"] > 0, run  # slower runs may finish no request in 1 s on a busy machine
-    assert set(results["ratios"]) >= {"service_c8_over_ceiling", "low_only_over_all_levels_compute"}
+    assert set(results["ratios"]) >= {"service_c8_over_ceiling", "low_only_over_all_levels_compute",
+                                      "int8_over_fp32_compute_batch8", "service_int8_c8_over_fp32_c8"}  # fmt: skip
     assert "| service | 8 | raw |" in (out / "results.md").read_text()
     with Image.open(out / "chart.png") as chart:
         assert chart.format == "PNG" and chart.width > 600

@@ -18,6 +18,7 @@ from engine.manifest import (
     ManifestError,
     OnnxInfo,
     Preprocess,
+    Quality,
     Source,
     Verification,
     load_manifest,
@@ -58,6 +59,8 @@ def test_round_trip(tmp_path):
         ({"schema_version": 99}, "schema_version"),
         ({"layers": []}, "no layers"),
         ({"logits_layer": "zzz"}, "logits_layer"),
+        ({"precision": "int4"}, "precision 'int4'"),
+        ({"quality": {"reference": "m"}}, "schema"),
     ],
 )
 def test_invalid_manifests_are_rejected(tmp_path, change, message):
@@ -67,6 +70,22 @@ def test_invalid_manifests_are_rejected(tmp_path, change, message):
     path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match=message):
         load_manifest(path)
+
+
+def test_a_derived_export_round_trips_with_its_quality(tmp_path):
+    quality = Quality(reference="m", reference_sha256="1" * 64, method="static QDQ", kept_float=["conv0"],
+                      calibration="8 images", held_out=["skimage.data.chelsea"], images=17,
+                      measured_with="CPUExecutionProvider", thresholds={"cosine": 0.99, "top1_agreement": 0.95},
+                      cosine={"a": {"none": {"mean": 0.995, "min": 0.99}}}, top1_agreement=1.0, top1_flip_margin=None,
+                      passed=True, search=[{"float_convs": 1, "worst_pooled_cosine": 0.99}], float_convs=1)  # fmt: skip
+    manifest = make_manifest(name="m-int8", precision="int8", quality=quality)
+    path = tmp_path / "model.json"
+    path.write_text(manifest.to_json())
+    assert load_manifest(path) == manifest
+    older = make_manifest().to_dict()  # written before precisions existed: fp32, no quality
+    del older["precision"], older["quality"]
+    path.write_text(json.dumps(older))
+    assert load_manifest(path).precision == "fp32" and load_manifest(path).quality is None
 
 
 def test_bad_level_and_missing_field(tmp_path):
