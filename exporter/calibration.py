@@ -2,8 +2,8 @@
 
 Both sets are real photos bundled with scikit-image, so they work offline and every export sees the same
 pixels. They never overlap: the held-out set is judged after calibration and the choice of float nodes are
-done, so its figures are what an unseen photo gets. Each photo contributes several views (the whole photo,
-mirrored, crops at three scales), as a user's pictures differ in framing.
+done, so its figures are what an unseen photo gets. Each photo contributes 17 views (the whole photo,
+mirrored, crops at five scales), as a user's pictures differ in framing.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ QDQ form, per-channel int8 weights, uint8 activations with MinMax ranges over th
 Entropy and percentile ranges, symmetric activations and more calibration photos did not help on
 EfficientNet-Lite0; the loss came from the int8 weights of the first convolutions, whose error every later
 layer carries. So the fewest leading convolutions that bring every pooled output of the validation photos
-(the natural photos of the calibration set) to the cosine threshold stay in float, found by trying 0, 1, 2,
-3, … of them. The head after the last feature map (pooling, classifier) stays in float: in int8 its outputs
-had 256 levels, and near-tied logits became equal, which flipped top-1.
+(a part of the calibration set) to the cosine threshold stay in float, found by trying 0, 1, 2, 3, … of them.
+The head after the last feature map (pooling, classifier) stays in float: in int8 its outputs had 256 levels,
+and near-tied logits became equal, which flipped top-1.
 
 fp16: every float tensor and weight in float16, inputs and outputs kept float32 (Casts at the edges), for
 CUDA; ONNX Runtime's CPU provider runs it too, which is where the export measures it when no GPU is here.
@@ -85,6 +85,9 @@ def derive(source: Path, precision: str, out_root: Path, calibration_folder: Pat
         raise ExportError(f"{manifest.name} is already {manifest.precision}; derive from an fp32 export")
     name = derived_name(manifest.name, precision)
     if precision == "int8":
+        if not any(layer.spatial for layer in manifest.layers):
+            raise ExportError("int8 quantizes the network up to its last feature map, and this export has none "
+                              "(only vector layers); export a map layer too, or use fp16")  # fmt: skip
         model, kept, calibrated, trials, float_convs = _int8(model_path, manifest, calibration_folder, float_convs)
         method, provider = INT8_METHOD, "CPUExecutionProvider"
     elif precision == "fp16":
@@ -218,7 +221,7 @@ def _topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _int8(model_path: Path, manifest: Manifest, folder: Path | None, float_convs: int | None):
-    """The int8 model, the convolutions kept in float, where the calibration photos came from, and the trials.
+    """(int8 model, nodes kept in float, where the calibration photos came from, trials, float convolutions).
 
     The head (pooling and classifier) is always float. Each trial keeps the first `count` convolutions in float
     too and records, on the validation photos (never the held-out ones), the worst mean cosine of a pooled output
