@@ -1,4 +1,4 @@
-"""python -m bench.memory [--models-dir D] [--models a,b] [--cuts levels,none] [--together] [--out bench/results]
+"""python -m bench.memory [--models-dir D] [--models a,b] [--cuts levels,none] [--together] [--env FEATURES_X=Y]
 
 Memory per loaded model, as the service holds it: for each model and each FEATURES_PREFIX_GRAPHS value, the
 real service (gunicorn, one worker) is started on a folder holding only that model, and the worker's resident
@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", help="comma-separated names (default: every export in --models-dir)")
     parser.add_argument("--cuts", default="levels,none", help=f"FEATURES_PREFIX_GRAPHS values: {','.join(PREFIX_CUTS)}")
     parser.add_argument("--together", action="store_true", help="also measure all the models in one worker")
+    parser.add_argument("--env", action="append", default=[], metavar="FEATURES_X=Y", help="service setting")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.cuts = [cut.strip() for cut in args.cuts.split(",") if cut.strip()]
@@ -39,9 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def worker_mib(models_dir: Path, cuts: str, log: Path) -> float:
+def worker_mib(models_dir: Path, cuts: str, log: Path, env: dict[str, str]) -> float:
     """Resident MiB of the one worker serving `models_dir`, loaded and warmed."""
-    server = servers.service(models_dir, log, FEATURES_WORKERS="1", FEATURES_PREFIX_GRAPHS=cuts)
+    server = servers.service(models_dir, log, **env, FEATURES_WORKERS="1", FEATURES_PREFIX_GRAPHS=cuts)
     try:
         server.wait_ready(timeout=300)
         workers = servers.worker_pids(server.process.pid)
@@ -50,7 +51,8 @@ def worker_mib(models_dir: Path, cuts: str, log: Path) -> float:
         server.stop()
 
 
-def measure(models_dir: Path, names: list[str], cuts: list[str], scratch: Path, together: bool) -> list[dict]:
+def measure(models_dir: Path, names: list[str], cuts: list[str], scratch: Path, together: bool,
+            env: dict[str, str]) -> list[dict]:  # fmt: skip
     groups = [[name] for name in names] + ([names] if together and len(names) > 1 else [])
     rows = []
     for group in groups:
@@ -64,7 +66,7 @@ def measure(models_dir: Path, names: list[str], cuts: list[str], scratch: Path, 
             row["onnx_mib"] = round(row["onnx_mib"] + onnx_path.stat().st_size / 2**20, 1)
             row["layers"] += len(manifest.layers)
         for cut in cuts:
-            row[f"worker_mib_{cut}"] = round(worker_mib(folder, cut, scratch / f"{folder.name}-{cut}.log"))
+            row[f"worker_mib_{cut}"] = round(worker_mib(folder, cut, scratch / f"{folder.name}-{cut}.log", env))
             print(f"{label:<34} {cut:<7} {row[f'worker_mib_{cut}']:>6} MiB", file=sys.stderr)
         rows.append(row)
     return rows
@@ -89,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as scratch:
-        rows = measure(args.models_dir, names, args.cuts, Path(scratch), args.together)
+        env = dict(item.split("=", 1) for item in args.env)
+        rows = measure(args.models_dir, names, args.cuts, Path(scratch), args.together, env)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory.json").write_text(json.dumps({"cuts": args.cuts, "models": rows}, indent=2) + "\n")
+    (args.out / "memory.json").write_text(json.dumps({"cuts": args.cuts, "env": env, "models": rows}, indent=2) + "\n")
     (args.out / "memory.md").write_text(markdown(rows, args.cuts))
     print(markdown(rows, args.cuts), end="")
     return 0

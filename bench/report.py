@@ -14,7 +14,6 @@ TARGETS = {
     "service_rss_growth_mib": ("<=", 50.0),
     "int8_over_fp32_compute_batch8": (">=", 1.8),
     "service_int8_c8_over_fp32_c8": (">=", 1.5),
-    "service_small_c8_over_best_handwritten_ort_small": (">=", 1.25),
 }
 
 

@@ -77,7 +77,9 @@ class Registry:
                     self.settings.provider_list,
                     self.settings.intra_op_threads,
                     model.manifest.onnx.dynamic_batch,
-                    prefix_models(model.path, model.manifest, self.settings.prefix_graphs, self.settings.pooled_graphs),
+                    prefix_models(
+                        model.path, model.manifest, self.settings.prefix_graphs, self._pooled(model.manifest)
+                    ),
                     spin=self.settings.ort_spin,
                 )
                 # warm up at the micro-batcher's largest batch: ONNX Runtime's arena grows to it now, not under load
@@ -93,6 +95,12 @@ class Registry:
         except Exception as exc:  # logged and reported by /readyz; the worker keeps answering 503
             self.failure = f"{type(exc).__name__}: {exc}"
             log.exception("loading models failed")
+
+    def _pooled(self, manifest) -> bool:
+        """Whether this model also gets a pooled graph (FEATURES_POOLED_GRAPHS): by default only int8 ones, where
+        the gain pays for the extra copy of the weights (docs/operations.md)."""
+        choice = self.settings.pooled_graphs
+        return choice == "all" or (choice == "int8" and manifest.precision == "int8")
 
     def load_in_background(self) -> threading.Thread:
         self._loader = threading.Thread(target=self.load, name="model-loader", daemon=True)

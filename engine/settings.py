@@ -18,6 +18,7 @@ PROVIDERS = {
 }
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX_CUTS = ("levels", "layers", "none")  # where engine/subgraphs.py cuts a model into sub-graphs
+POOLED_GRAPHS = ("int8", "all", "off")  # which models also get a graph of their average-pooled outputs
 
 
 class SettingsError(Misconfigured):
@@ -35,7 +36,7 @@ class Settings:
     ort_threads: int = 0  # intra-op threads per session; 0 = cores / workers
     ort_spin: bool = False  # ONNX Runtime threads spin-wait between runs (see README: off measured faster here)
     prefix_graphs: str = "levels"  # sub-graphs cut where each level ends | after every layer | none
-    pooled_graphs: bool = True  # each cut also as a graph of its average-pooled outputs only (engine/subgraphs.py)
+    pooled_graphs: str = "int8"  # models that also get a graph of their average-pooled outputs (engine/subgraphs.py)
     batch_images: int = 16  # micro-batcher: most images joined into one session.run
     batch_wait_ms: int = 0  # micro-batcher: longest wait for requests still decoding (0: join what is queued)
     max_body_bytes: int = 32 * 1024 * 1024
@@ -98,8 +99,7 @@ class Settings:
             providers=_choice(env, "PROVIDERS", defaults.providers, tuple(PROVIDERS)),
             ort_threads=integer("ORT_THREADS", defaults.ort_threads, 0),
             ort_spin=_choice(env, "ORT_SPIN", "on" if defaults.ort_spin else "off", ("on", "off")) == "on",
-            pooled_graphs=_choice(env, "POOLED_GRAPHS", "on" if defaults.pooled_graphs else "off", ("on", "off"))
-            == "on",
+            pooled_graphs=_choice(env, "POOLED_GRAPHS", defaults.pooled_graphs, POOLED_GRAPHS),
             prefix_graphs=_choice(env, "PREFIX_GRAPHS", defaults.prefix_graphs, PREFIX_CUTS),
             batch_images=integer("BATCH_IMAGES", defaults.batch_images, 1),
             batch_wait_ms=integer("BATCH_WAIT_MS", defaults.batch_wait_ms, 0),

@@ -2,9 +2,11 @@
 
 Asking ONNX Runtime for fewer outputs does not make it compute less; a graph that ends at the deepest
 requested tensor does (EfficientNet-Lite0 at batch 8: ~2 ms to the stem vs ~70 ms for the whole model).
-For the same reason each cut (and the whole model) also has a pooled graph holding only the average-pooled
-outputs, the default request: without the full maps and max pooling the whole of EfficientNet-Lite0 ran
-1.2x faster in fp32 and 1.5x in int8, where every exposed map costs a layout change and a dequantization.
+For the same reason the whole model may also get a pooled graph holding only the average-pooled outputs, the
+default request: without the full maps and max pooling, int8 EfficientNet-Lite0 ran 1.15-1.2x faster (every
+exposed map costs it a layout change and a dequantization), fp32 models 1.02-1.06x, for one more copy of the
+weights (the service builds it for int8 exports by default). The level cuts get none: what they leave out
+costs little, and each would be one more partial copy of the weights.
 The cuts are made once per model at load time; their results are bit-identical to the full graph.
 
 Each sub-graph is a session with its own copy of the weights it holds, so cutting after every layer costs
@@ -39,20 +41,16 @@ def cut_points(manifest: Manifest, cuts: str = "levels") -> list[int]:
 def prefix_models(
     path: Path, manifest: Manifest, cuts: str = "levels", pooled: bool = True
 ) -> list[tuple[list[str], bytes]]:
-    """(outputs, serialised sub-model) smallest first: for each cut point its pooled graph (with `pooled`)
-    then its graph of every output; then the whole model's pooled graph. The whole model itself is not one."""
-    last = len(manifest.layers) - 1
-    points = cut_points(manifest, cuts)
-    if not points and not pooled:
+    """(outputs, serialised sub-model) smallest first: each cut point's graph of every output up to it, then
+    (with `pooled`) the whole model's graph of average-pooled outputs. The whole model itself is not one."""
+    graphs = [[name for layer in manifest.layers[: point + 1] for name in layer.outputs.values()]
+              for point in cut_points(manifest, cuts)]  # fmt: skip
+    average = [layer.outputs.get("avg", layer.outputs["none"]) for layer in manifest.layers]
+    if pooled and any(layer.spatial for layer in manifest.layers):  # else it would be the whole model again
+        graphs.append(average)
+    if not graphs:
         return []
     extractor = onnx.utils.Extractor(onnx.load(str(path)))
-    graphs = []
-    for point in [*points, last]:
-        layers = manifest.layers[: point + 1]
-        if pooled:
-            graphs.append([layer.outputs.get("avg", layer.outputs["none"]) for layer in layers])
-        if point != last:
-            graphs.append([name for layer in layers for name in layer.outputs.values()])
     return [(outputs, _extract(extractor, manifest, outputs)) for outputs in graphs]
 
 

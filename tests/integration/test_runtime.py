@@ -47,18 +47,19 @@ def test_level_cuts_end_where_each_level_ends(lite0_dir, lite0_manifest):
             np.testing.assert_array_equal(got, expected)
 
 
-def test_pooled_graphs_serve_average_pooled_requests(lite0_dir, lite0_manifest):
-    """The default request (average-pooled embeddings) runs a graph without the full maps and max pooling."""
+def test_pooled_graph_serves_average_pooled_requests(lite0_dir, lite0_manifest):
+    """The default request (average-pooled embeddings of every level) runs a graph without the full maps and max
+    pooling; level requests keep their cuts, anything else the whole model."""
     path = lite0_dir / "model.onnx"
     runtime = OrtRuntime(path, ["CPUExecutionProvider"], 2, True, prefix_models(path, lite0_manifest))
     layers = lite0_manifest.layers
-    assert len(runtime.graphs) == 2 * len({layer.level for layer in layers})  # pooled + full per level end
+    assert len(runtime.graphs) == 4  # low ends, mid ends, the pooled graph, the whole model
     batch = np.stack([preprocess_image(photo(name), lite0_manifest.preprocess) for name in ("chelsea", "rocket")])
     pooled = [layer.outputs.get("avg", layer.outputs["none"]) for layer in layers]
     low = [layer.outputs["avg"] for layer in layers if layer.level == "low"]
-    for names, graph in ((pooled, 4), (low, 0), ([*low, "stem__max"], 1), ([*pooled, "stem"], 5)):
+    for names, graph in ((pooled, 2), (low, 0), ([*low, "stem__max"], 0), ([*pooled, "stem"], 3)):
         assert runtime.session_for(names) is runtime.graphs[graph][1]
         for got, expected in zip(runtime.run(names, batch), runtime.session.run(names, {"input": batch}), strict=True):
             np.testing.assert_array_equal(got, expected)
-    assert set(runtime.graphs[4][0]) == set(pooled)  # no map, no max: ONNX Runtime would compute them all
-    assert runtime.graphs[5][1] is runtime.session
+    assert set(runtime.graphs[2][0]) == set(pooled)  # no map, no max: ONNX Runtime would compute them all
+    assert runtime.graphs[3][1] is runtime.session

@@ -66,9 +66,12 @@ def test_settings_from_environment(tmp_path):
     assert not Settings.from_env({}).ort_spin
     assert Settings.from_env({}).prefix_graphs == "levels"
     assert Settings.from_env({"FEATURES_PREFIX_GRAPHS": "Layers"}).prefix_graphs == "layers"
+    assert Settings.from_env({}).pooled_graphs == "int8"
+    assert Settings.from_env({"FEATURES_POOLED_GRAPHS": "all"}).pooled_graphs == "all"
     bad_values = ({"FEATURES_PORT": "http"}, {"FEATURES_PROVIDERS": "tpu"}, {"FEATURES_WORKERS": "0"},
                   {"FEATURES_BATCH_IMAGES": "0"}, {"FEATURES_BATCH_WAIT_MS": "-1"},
-                  {"FEATURES_ORT_SPIN": "maybe"}, {"FEATURES_PREFIX_GRAPHS": "stages"})  # fmt: skip
+                  {"FEATURES_ORT_SPIN": "maybe"}, {"FEATURES_PREFIX_GRAPHS": "stages"},
+                  {"FEATURES_POOLED_GRAPHS": "on"})  # fmt: skip
     for bad in bad_values:
         with pytest.raises(SettingsError):
             Settings.from_env(bad)
