@@ -19,12 +19,16 @@ from engine.manifest import Manifest
 from engine.subgraphs import exact_model
 
 
-def session_and_outputs(manifest: Manifest, model_path: str, threads: int) -> tuple[ort.InferenceSession, list[str]]:
-    """A session on the graph of just the pooled embeddings (as the service's pooled graph: engine/subgraphs.py)."""
+def session_and_outputs(
+    manifest: Manifest, model_path: str, threads: int, pooled: bool | None = None
+) -> tuple[ort.InferenceSession, list[str]]:
+    """A session for the pooled embeddings on the graph the service would run: the whole model, or (`pooled`;
+    by default for int8, as FEATURES_POOLED_GRAPHS does) the graph of just those outputs (engine/subgraphs.py)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     outputs = [output_name(layer, "avg") for layer in manifest.layers]
-    model = exact_model(model_path, manifest, outputs)
+    pooled = manifest.precision == "int8" if pooled is None else pooled
+    model = exact_model(model_path, manifest, outputs) if pooled else model_path
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]), outputs
 
 
@@ -59,8 +63,9 @@ def pipelined(manifest: Manifest, model_path: str, images: list[bytes], seconds:
 
 
 def compute(manifest: Manifest, model_path: str, images: list[bytes], seconds: float, batch: int = 8) -> dict:
-    """Images/s of inference alone (decoded once, beforehand): the model's own ceiling, where precisions differ."""
-    session, outputs = session_and_outputs(manifest, model_path, len(os.sched_getaffinity(0)))
+    """Images/s of inference alone (decoded once, beforehand) on the graph of just the pooled outputs, whatever
+    the precision: the model's own speed, where precisions differ."""
+    session, outputs = session_and_outputs(manifest, model_path, len(os.sched_getaffinity(0)), pooled=True)
     tensors = np.stack([load_tensor(images[i % len(images)], manifest.preprocess) for i in range(batch)])
     session.run(outputs, {"input": tensors})
     done, started = 0, time.perf_counter()

@@ -102,7 +102,7 @@ def _precision_options(parser: argparse.ArgumentParser, required: bool = False) 
                         help="int8: calibrate on these photos (default: a built-in set of real photos)")  # fmt: skip
     parser.add_argument("--float-convs", type=_count, metavar="N",
                         help="int8: keep exactly the first N convolutions in float (default: the fewest that "
-                             "meet the cosine threshold on the calibration photos)")  # fmt: skip
+                             "meet the cosine threshold on the validation photos)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="write a derived export that misses its thresholds")
 
 
@@ -229,11 +229,12 @@ def _zoo(args, sources) -> None:
     from exporter.zoo import recipe
 
     recipe(args.model)
+    options = _derive_options(args)
     if args.skip_existing and is_current(args.out, args.model):
         if args.precision == "fp32" or is_derived_current(args.out, args.model, args.precision):
             print(f"{args.out / args.model} is up to date; nothing to do")
             return None
-        return _report(derive(args.out / args.model, args.precision, args.out, **_derive_options(args)))
+        return _report(derive(args.out / args.model, args.precision, args.out, **options))
     return _export(args, lambda out: sources.export_zoo(args.model, out))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from engine.manifest import Manifest, Quality, load_manifest, load_verified
+from engine.manifest import Manifest, ManifestError, Quality, load_manifest, load_verified
 from exporter.build import MANIFEST_FILE, check_name, install, write
 from exporter.calibration import HELD_OUT_PHOTOS, calibration, held_out
 from exporter.errors import ExportError
@@ -80,7 +80,10 @@ def export_at(precision: str, export_fp32: Callable[[Path], Path], out_root: Pat
 def derive(source: Path, precision: str, out_root: Path, calibration_folder: Path | None = None,
            float_convs: int | None = None, force: bool = False) -> Path:  # fmt: skip
     """Write out_root/NAME-PRECISION from the fp32 export in `source`; ExportError if it misses a threshold."""
-    manifest, model_path = load_verified(Path(source) / MANIFEST_FILE)
+    try:
+        manifest, model_path = load_verified(Path(source) / MANIFEST_FILE)
+    except ManifestError as exc:
+        raise ExportError(f"{source} is not an intact export: {exc}") from exc
     if manifest.precision != "fp32":
         raise ExportError(f"{manifest.name} is already {manifest.precision}; derive from an fp32 export")
     name = derived_name(manifest.name, precision)

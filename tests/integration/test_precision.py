@@ -213,6 +213,8 @@ def test_options_that_do_not_apply_are_refused(lite0_dir, tmp_path):
     manifest = json.loads((int8_dir / "model.json").read_text())
     (int8_dir / "model.json").write_text(json.dumps({**manifest, "precision": "int8"}))
     expect_refusal(run_cli("quantize", int8_dir, "--precision", "fp16", "--out", out), out, "already int8")
+    missing = tmp_path / "no-such-export"
+    expect_refusal(run_cli("quantize", missing, "--precision", "int8", "--out", out), out, "not an intact export")
 
 
 def test_service_serves_each_precision_and_says_which(derived):
