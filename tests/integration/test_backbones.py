@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import requests
@@ -480,3 +481,20 @@ def test_the_invariance_study_runs_on_a_vision_transformer(exports, tmp_path):
     assert (studied["block12"]["stride"], studied["block12"]["receptive_field"]) == (16, 224)
     assert all("map" in measured for measured in studied["block12"]["transforms"].values())
     assert (tmp_path / "invariance.png").stat().st_size > 0 and (tmp_path / "receptive_field.png").is_file()
+
+
+def test_a_vision_transformer_gets_an_int8_export_through_its_route(hub_python, tmp_path):
+    """--precision on the timm route: the fp32 export and NAME-int8 side by side, the transformer's MatMuls in int8.
+
+    Random weights have no labels, so only the cosine rule applies; --force writes it whatever it measures.
+    """
+    out = tmp_path / "out"
+    result = hub(hub_python, "-m", "exporter", "timm", "vit_tiny_patch16_224", "--weights", "none", "--input-size",
+                 "96", "--precision", "int8", "--force", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["vit_tiny_patch16_224", "vit_tiny_patch16_224-int8"]
+    manifest = load_manifest(out / "vit_tiny_patch16_224-int8" / "model.json")
+    assert manifest.precision == "int8" and manifest.quality.top1_agreement is None
+    assert set(manifest.quality.cosine) == {layer.name for layer in manifest.layers}
+    graph = onnx.load(str(out / "vit_tiny_patch16_224-int8" / "model.onnx")).graph
+    assert sum(node.op_type == "DequantizeLinear" for node in graph.node) > 50
