@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     photo_sets = {"mixed": bodies["raw"], "small": small}
     for app, label in (("ort_app", "hand-written ORT"), ("torch_app", "hand-written PyTorch")):
         # configurations are ranked on half-length runs; the fastest is then timed like the service
-        rows, best = baseline_sweep.sweep(app, model_dir, work, photo_sets, seconds / 2)
+        rows, best = baseline_sweep.sweep(app, model_dir, work, photo_sets, seconds / 2, args.quick)
         for row in rows:
             record(f"{label} sweep", baseline_sweep.CONCURRENCY, "raw", row)
         baseline = baseline_sweep.start(app, model_dir, work / f"{app}.log", best)

@@ -42,15 +42,19 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' * (number != 1)}"
 
 
-def configs(cores: int) -> list[Config]:
-    """What a user would try, in this order: the defaults, then the usual advice for workers and threads."""
-    return [
+def configs(cores: int, quick: bool = False) -> list[Config]:
+    """What a user would try, in this order: the defaults, then the usual advice for workers and threads.
+
+    `quick` (bench --quick, a check of the harness) leaves out the slowest to start: 2 x cores + 1 workers.
+    """
+    every = [
         Config("sync", 1, 1, 0),  # gunicorn's and the library's defaults
         Config("sync", cores, 1, 1),  # a worker per core, cores / workers library threads
         Config("sync", 2 * cores + 1, 1, 1),  # gunicorn's documented (2 × cores) + 1 workers
         Config("gthread", 1, 4, 0),  # one process, a few request threads, library defaults
         Config("gthread", cores, 2, 1),  # a worker per core, two requests in flight each
     ]
+    return [config for config in every if not quick or config.workers != 2 * cores + 1]
 
 
 def small_photos(images: list[bytes]) -> list[bytes]:
@@ -72,12 +76,12 @@ def start(app: str, model_dir: Path, log: Path, config: Config) -> servers.Gunic
 
 
 def sweep(
-    app: str, model_dir: Path, work: Path, photo_sets: dict[str, load.Bodies], seconds: float
+    app: str, model_dir: Path, work: Path, photo_sets: dict[str, load.Bodies], seconds: float, quick: bool = False
 ) -> tuple[list[dict], Config]:
     """Every configuration at concurrency 8 on each photo set (one server start per configuration): rows of
     config, photos, rss_mib and wrk's summary, and the fastest configuration on photo_sets["mixed"]."""
     rows, mixed = [], {}
-    for config in configs(len(os.sched_getaffinity(0))):
+    for config in configs(len(os.sched_getaffinity(0)), quick):
         print(f"{app}: {config.describe()}…", flush=True)
         server = start(app, model_dir, work / f"{app}-sweep.log", config)
         try:
