@@ -23,8 +23,8 @@ from exporter.verify import photo
 # Varied content for activation ranges: space, microscopy, a retina, greyscale scenes, textures and text.
 CALIBRATION_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "camera", "clock", "coins", "brick",
                       "grass", "gravel", "moon", "page", "text")  # fmt: skip
-# Among them, the float-convolution search is judged on the photographs of scenes (its cosine criterion needs
-# no labels, so greyscale serves).
+# Among them, the float-convolution search is judged on the photographs (not the textures and text); its cosine
+# criterion needs no labels, so greyscale serves.
 VALIDATION_PHOTOS = ("camera", "clock", "coins", "hubble_deep_field", "retina")
 # Every natural colour photo of ImageNet-like subjects scikit-image has, none of them in the calibration set:
 # a cat, a rocket, a motorbike, a person, a coffee cup. Top-1 agreement flips on near-ties, so the more views
