@@ -121,10 +121,19 @@ def test_fp16_has_half_weights_float_edges_and_matches(derived):
     assert worst >= 0.999
 
 
-def test_below_the_thresholds_is_refused_unless_forced(lite0_dir, tmp_path):
-    """No convolution kept in float: pooled cosine ~0.985 here: refused, then written with --force."""
+@pytest.fixture(scope="module")
+def blank_photos(tmp_path_factory):
+    """Calibration on blank images: activation ranges far too narrow for photos, so the export misses."""
+    folder = tmp_path_factory.mktemp("blank")
+    for index in range(8):
+        Image.new("RGB", (64, 64), (index * 30,) * 3).save(folder / f"{index}.png")
+    return folder
+
+
+def test_below_the_thresholds_is_refused_unless_forced(lite0_dir, blank_photos, tmp_path):
     out = tmp_path / "out"
-    args = ("quantize", lite0_dir, "--precision", "int8", "--float-convs", "0", "--out", out)
+    args = ("quantize", lite0_dir, "--precision", "int8", "--calibration", blank_photos, "--float-convs", "3",
+            "--out", out)  # fmt: skip
     line = expect_refusal(run_cli(*args), out, "below the thresholds")
     assert "cosine" in line and "--force" in line
     forced = run_cli(*args, "--force")
@@ -135,19 +144,16 @@ def test_below_the_thresholds_is_refused_unless_forced(lite0_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["efficientnet_lite0-int8"]
 
 
-def test_a_route_with_precision_writes_both_or_nothing(lite0_dir, tmp_path):
+def test_a_route_with_precision_writes_both_or_nothing(lite0_dir, blank_photos, tmp_path):
     """`onnx --precision int8`: the fp32 export and NAME-int8 appear together; a refusal leaves neither."""
     out = tmp_path / "models"
     foreign = tmp_path / "classifier.onnx"  # the plain classifier, as a model from elsewhere would come
     onnx.utils.extract_model(str(lite0_dir / "model.onnx"), str(foreign), ["input"], ["logits"])
     layers = "stem,stride8,stride32,logits"
-    base = ("onnx", foreign, "--name", "lite0", "--layers", layers, "--out", out, "--precision", "int8")
-    flat = tmp_path / "flat"  # calibration on blank images: ranges far too narrow for photos
-    flat.mkdir()
-    for index in range(8):
-        Image.new("RGB", (64, 64), (index * 30,) * 3).save(flat / f"{index}.png")
-    expect_refusal(run_cli(*base, "--calibration", flat), out, "below the thresholds")
-    result = run_cli(*base, "--float-convs", "3", "--force")  # written however it measures: both appear
+    base = ("onnx", foreign, "--name", "lite0", "--layers", layers, "--out", out, "--precision", "int8",
+            "--float-convs", "3")  # fmt: skip
+    expect_refusal(run_cli(*base, "--calibration", blank_photos), out, "below the thresholds")
+    result = run_cli(*base, "--force")  # written however it measures: both appear
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["lite0", "lite0-int8"]
     assert load_manifest(out / "lite0-int8" / "model.json").quality.reference == "lite0"
