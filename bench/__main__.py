@@ -112,12 +112,8 @@ def run(args: argparse.Namespace) -> dict:
         summary = load.wrk(server.url, FEATURES, small, 8, seconds)
         record("service small photos", 8, "raw", summary, rss_mib=server.rss_mib())
         for concurrency in (1, 8):
-            record(
-                "service int8",
-                concurrency,
-                "raw",
-                load.wrk(server.url, INT8_FEATURES, bodies["raw"], concurrency, seconds),
-            )
+            summary = load.wrk(server.url, INT8_FEATURES, bodies["raw"], concurrency, seconds)
+            record("service int8", concurrency, "raw", summary)
         record("service int8 small photos", 8, "raw", load.wrk(server.url, INT8_FEATURES, small, 8, seconds))
         for concurrency in (1, 8):
             summary = load.wrk(server.url, FEATURES + "?levels=low", bodies["raw"], concurrency, seconds)
