@@ -21,15 +21,23 @@ def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _side(text: str) -> int:
-    """An image side in pixels: a whole number from 8 to 4096."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
-    if not 8 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"{value} is outside 8..4096 pixels")
-    return value
+def _whole(low: int, high: int, unit: str = ""):
+    """An argparse type: a whole number from `low` to `high`, the refusal naming the unit."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{' of ' + unit if unit else ''}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}{' ' + unit if unit else ''}")
+        return value
+
+    return parse
+
+
+_side = _whole(8, 4096, "pixels")  # an image side
+_count = _whole(0, 10_000)
 
 
 def _floats(text: str) -> list[float]:
@@ -104,16 +112,6 @@ def _precision_options(parser: argparse.ArgumentParser, required: bool = False) 
                         help="int8: keep exactly the first N convolutions in float (default: the fewest that "
                              "meet the cosine threshold on the validation photos)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="write a derived export that misses its thresholds")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0..10000")
-    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
