@@ -40,6 +40,7 @@ from exporter.verify import compare, photo_batch, session, with_pooled
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
+RUN_CHUNK = 8  # images per ONNX Runtime run when checking an export: bounded memory for large models
 
 Reference = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -76,10 +77,11 @@ def is_current(out_root: Path, name: str) -> bool:
 
 
 def run_all(sess: ort.InferenceSession, batch: np.ndarray, dynamic: bool) -> dict[str, np.ndarray]:
-    """All outputs for the batch; one image at a time when the model's batch axis is fixed."""
+    """All outputs for the batch, RUN_CHUNK images per run; one at a time when the model's batch axis is fixed."""
     names = [o.name for o in sess.get_outputs()]
     input_name = sess.get_inputs()[0].name
-    chunks = [batch] if dynamic else [batch[i : i + 1] for i in range(len(batch))]
+    step = RUN_CHUNK if dynamic else 1
+    chunks = [batch[i : i + step] for i in range(0, len(batch), step)]
     try:
         runs = [sess.run(names, {input_name: chunk}) for chunk in chunks]
     except Exception as exc:  # ORT raises its own exception types; the first line says what broke

@@ -47,16 +47,8 @@ def views(image: Image.Image) -> list[Image.Image]:
     return out
 
 
-def _photo(name: str) -> Image.Image:
-    if name == "stereo_motorcycle":  # a (left, right, disparity) tuple: the left view is the photo
-        from skimage import data
-
-        return Image.fromarray(data.stereo_motorcycle()[0]).convert("RGB")
-    return photo(name)
-
-
 def photo_views(names: tuple[str, ...], preprocess: Preprocess) -> np.ndarray:
-    return np.stack([preprocess_image(view, preprocess) for name in names for view in views(_photo(name))])
+    return np.stack([preprocess_image(view, preprocess) for name in names for view in views(photo(name))])
 
 
 def held_out(preprocess: Preprocess) -> np.ndarray:

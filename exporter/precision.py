@@ -30,14 +30,14 @@ import onnx
 import onnxruntime as ort
 
 from engine.manifest import Manifest, ManifestError, Quality, load_manifest, load_verified
-from exporter.build import MANIFEST_FILE, check_name, install, write
+from exporter.build import MANIFEST_FILE, RUN_CHUNK, check_name, install, is_current, run_all, write
 from exporter.calibration import HELD_OUT_PHOTOS, calibration, held_out
 from exporter.errors import ExportError
+from exporter.verify import session
 
 MIN_COSINE = 0.99  # mean over held-out images, every pooled output and vector
 MIN_TOP1_AGREEMENT = 0.95
 FLOAT_LEADING_CONVS = (0, 1, 2, 3, 4, 6, 8, 12)  # tried in order; the first that passes is kept
-CHUNK = 8  # images per run while measuring: bounded memory for large models
 INT8_METHOD = "static QDQ (ONNX Runtime), per-channel int8 weights, uint8 activations, MinMax ranges"
 FP16_METHOD = "float16 weights and arithmetic, float32 inputs and outputs"
 
@@ -48,8 +48,6 @@ def derived_name(name: str, precision: str) -> str:
 
 def is_derived_current(out_root: Path, name: str, precision: str) -> bool:
     """True when NAME-PRECISION is intact and was derived from the fp32 export NAME as it is now."""
-    from exporter.build import is_current
-
     derived = derived_name(name, precision)
     if not (is_current(out_root, name) and is_current(out_root, derived)):
         return False
@@ -99,8 +97,8 @@ def derive(source: Path, precision: str, out_root: Path, calibration_folder: Pat
     else:
         raise ExportError(f"unknown precision {precision!r}; int8 or fp16")
     photos = held_out(manifest.preprocess)
-    reference = outputs_of(_session(model_path), manifest, photos)
-    candidate = outputs_of(_session(model, provider), manifest, photos)
+    reference = run_all(session(model_path), photos, manifest.onnx.dynamic_batch)
+    candidate = run_all(session(model, provider), photos, manifest.onnx.dynamic_batch)
     quality = Quality(
         reference=manifest.name,
         reference_sha256=manifest.onnx.sha256,
@@ -171,24 +169,9 @@ def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """Per image: cosine of the flattened outputs (1 where both are zero, 0 where only one is)."""
     a = reference.reshape(len(reference), -1).astype(np.float64)
     b = candidate.reshape(len(candidate), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    return np.where(both_zero, 1.0, (a * b).sum(1) / np.where(norms == 0, 1.0, norms))
-
-
-def outputs_of(session: ort.InferenceSession, manifest: Manifest, batch: np.ndarray) -> dict[str, np.ndarray]:
-    """Every output of the export for the batch, run CHUNK images at a time (one at a time for a fixed batch)."""
-    names = [o.name for o in session.get_outputs()]
-    step = CHUNK if manifest.onnx.dynamic_batch else 1
-    runs = [session.run(names, {manifest.onnx.input: batch[i : i + step]}) for i in range(0, len(batch), step)]
-    return {name: np.concatenate([run[k] for run in runs]) for k, name in enumerate(names)}
-
-
-def _session(model: Path | onnx.ModelProto, provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=[provider])
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    norms = norm_a * norm_b
+    return np.where((norm_a == 0) & (norm_b == 0), 1.0, (a * b).sum(1) / np.where(norms == 0, 1.0, norms))
 
 
 def _fp16_provider() -> str:
@@ -235,7 +218,7 @@ def _int8(model_path: Path, manifest: Manifest, folder: Path | None, float_convs
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     batch, validation, described = calibration(manifest.preprocess, folder)
-    reference = outputs_of(_session(model_path), manifest, validation)
+    reference = run_all(session(model_path), validation, manifest.onnx.dynamic_batch)
     work = Path(tempfile.mkdtemp(prefix="int8-"))
     try:
         prepared = work / "prepared.onnx"  # constants folded, shapes inferred: what the quantizer expects
@@ -258,7 +241,7 @@ def _int8(model_path: Path, manifest: Manifest, folder: Path | None, float_convs
             model = onnx.load(str(quantized))
             trial = {
                 "float_convs": count,
-                **_trial(manifest, reference, outputs_of(_session(model), manifest, validation)),
+                **_trial(manifest, reference, run_all(session(model), validation, manifest.onnx.dynamic_batch)),
             }
             trials.append(trial)
             if best is None or trial["worst_pooled_cosine"] > best[0]:
@@ -293,10 +276,10 @@ def _trial(manifest: Manifest, reference: dict, candidate: dict) -> dict[str, fl
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over an in-memory batch, CHUNK images at a time."""
+    """ONNX Runtime's CalibrationDataReader protocol over an in-memory batch, RUN_CHUNK images at a time."""
 
     def __init__(self, input_name: str, batch: np.ndarray):
-        self.chunks = iter([{input_name: batch[i : i + CHUNK]} for i in range(0, len(batch), CHUNK)])
+        self.chunks = iter([{input_name: batch[i : i + RUN_CHUNK]} for i in range(0, len(batch), RUN_CHUNK)])
 
     def get_next(self) -> dict | None:
         return next(self.chunks, None)

@@ -7,6 +7,8 @@ fails and writes nothing.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,21 +24,23 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # scikit-image's bundled 
 
 
 def photo(name: str):
-    """One of scikit-image's bundled photos as an RGB PIL image."""
+    """One of scikit-image's bundled photos as an RGB PIL image (of a stereo pair, the left one)."""
     from PIL import Image
     from skimage import data
 
-    return Image.fromarray(getattr(data, name)()).convert("RGB")
+    pixels = getattr(data, name)()
+    return Image.fromarray(pixels[0] if isinstance(pixels, tuple) else pixels).convert("RGB")
 
 
 def photo_batch(preprocess: Preprocess, names=PHOTOS) -> np.ndarray:
     return np.stack([preprocess_image(photo(name), preprocess) for name in names])
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
+def session(model: onnx.ModelProto | Path, provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=[provider])
 
 
 def with_pooled(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
