@@ -45,6 +45,7 @@ class Settings:
     decode_budget_mb: int = 1024  # per worker: MB of image decoding at once (engine/decode_budget.py)
     decode_wait: int = 10  # seconds a decode may wait for budget before the client is told to retry (503)
     api_key: str | None = None
+    index: str | None = None  # vector index for /search: a folder or a postgresql:// URL (engine/vector_index)
     timeout: int = 60
     # slow clients (service/http_worker.py): a request is read in the event loop and must arrive in time
     header_timeout: int = 10  # seconds for the request line and headers, from their first byte
@@ -109,6 +110,7 @@ class Settings:
             decode_budget_mb=integer("DECODE_BUDGET_MB", defaults.decode_budget_mb, 1),
             decode_wait=integer("DECODE_WAIT", defaults.decode_wait, 0),
             api_key=_api_key(env),
+            index=env.get("FEATURES_INDEX") or None,
             timeout=integer("TIMEOUT", defaults.timeout, 1),
             header_timeout=integer("HEADER_TIMEOUT", defaults.header_timeout, 1),
             body_timeout=integer("BODY_TIMEOUT", defaults.body_timeout, 1),

@@ -16,6 +16,7 @@ from engine.errors import FeaturesError, Unavailable
 from engine.features import DTYPES
 from engine.manifest import POOLINGS
 from engine.settings import PROVIDERS, Settings, read_api_key_file
+from extract.errors import UsageError
 from extract.job import DEFAULT_BATCH_SIZE, ENGINES, run
 from extract.local import POOLS
 from extract.plan import FORMATS
@@ -64,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pool", default="thread", choices=POOLS, help="local decode workers: threads or processes")
     parser.add_argument("--overwrite", action="store_true", help="replace a different extraction found in --out")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="let a finished --out follow changed inputs: compute new and changed files only, drop deleted ones",
+    )
+    parser.add_argument(
+        "--index",
+        nargs="?",
+        const="",
+        metavar="TARGET",
+        help="also mirror the vectors into a search index: a folder, or a postgresql:// URL "
+        "(default $FEATURES_INDEX); implies --update",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -72,6 +86,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     """FEATURES_* settings with the flags that override them."""
     key = read_api_key_file(args.api_key_file, "--api-key-file") if args.api_key_file is not None else None
     return Settings.from_env().overridden(models_dir=args.models_dir, providers=args.providers, api_key=key)
+
+
+def _index_target(flag: str | None) -> str | None:
+    """--index TARGET, or bare --index for $FEATURES_INDEX; None when not asked for."""
+    if flag is None:
+        return None
+    target = flag or Settings.from_env().index
+    if not target:
+        raise UsageError("--index needs a TARGET (a folder or a postgresql:// URL) or $FEATURES_INDEX")
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             pool=args.pool,
             overwrite=args.overwrite,
+            update=args.update,
+            index=_index_target(args.index),
             progress=not args.no_progress,
         )
     except FeaturesError as exc:
@@ -136,8 +162,10 @@ def _report(summary: dict) -> None:
     out = summary["out"]
     if summary["state"] == "complete":
         print(f"{out} already holds this extraction: {summary['rows']} rows, {summary['failed']} failed; nothing to do")
+        _report_index(summary["index"])
         return
     resumed = f", {summary['resumed_from']} done by an earlier run" if summary["resumed_from"] else ""
+    resumed += f", {summary['carried']} unchanged files carried over" if summary["carried"] else ""
     print(f"{summary['inputs']} inputs: {summary['rows']} rows, {summary['failed']} failed{resumed}")
     ran_on = f" on {summary['provider']}" if summary["provider"] else ""
     ran_on += f", {summary['precision']}" if summary["precision"] != "fp32" else ""
@@ -148,6 +176,15 @@ def _report(summary: dict) -> None:
     if summary["failed"]:
         print(f"failures with reasons: {Path(out) / 'failed.csv'}")
     print(f"wrote {out}")
+    _report_index(summary["index"])
+
+
+def _report_index(index: dict | None) -> None:
+    if index:
+        print(
+            f"index {index['target']} collection {index['collection']}: {index['added']} added, "
+            f"{index['removed']} removed, {index['entries']} entries"
+        )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from extract import extras
 from extract.errors import UsageError
 from extract.inputs import list_sources
 from extract.plan import local_model, make_plan
-from extract.writers import JobOutput
+from extract.writers import JobOutput, fingerprint
 
 ENGINES = ("local", "ray")
 DEFAULT_BATCH_SIZE = 32
@@ -40,6 +40,8 @@ def run(
     workers: int | None = None,
     pool: str = "thread",
     overwrite: bool = False,
+    update: bool = False,
+    index: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Extract features of every image in `inputs` into `out`; returns counts, images/s and the provider that ran.
@@ -48,7 +50,8 @@ def run(
     API key (Settings.from_env() when None); `models_dir` overrides its folder. Raises the project's errors
     (engine/errors.py): InvalidInput, UnknownName or Misconfigured for what cannot work, ExtractError
     (Unavailable) when the run cannot go on; an interrupted run (KeyboardInterrupt included) keeps its finished
-    batches for the next call.
+    batches for the next call. `update` lets a finished `out` follow changed inputs, computing only new and
+    changed files; `index` (a folder or a postgresql:// URL) implies it and then mirrors `out` into that index.
     """
     started = time.perf_counter()
     settings = settings or Settings.from_env()
@@ -70,14 +73,19 @@ def run(
     else:
         info = local_model(settings.models_dir, model)
     plan = make_plan(sources, info, levels, layers, pooling, dtype, format)
-    output = JobOutput(Path(out), plan)
+    if index:
+        from extract.index_sync import check_indexable
+
+        check_indexable(plan)
+    output = JobOutput(Path(out), plan, [fingerprint(path) for path in sources], update or bool(index))
     state = output.open(overwrite)
     summary = {"out": str(out), "inputs": len(sources), "state": state, "engine": "server" if server else engine,
-               "precision": plan.model.precision}  # fmt: skip
+               "precision": plan.model.precision, "carried": output.carried}  # fmt: skip
     if state == "complete":
         done = output.summary()
         return {
             **summary,
+            "index": _sync(index, out, plan, overwrite),
             "rows": done["rows"],
             "failed": done["failed"],
             "processed": 0,
@@ -95,15 +103,24 @@ def run(
     result = output.finish()
     return {
         **summary,
+        "index": _sync(index, out, plan, overwrite),
         "rows": result["rows"],
         "failed": result["failed"],
         "processed": processed,
-        "resumed_from": len(sources) - len(pending),
+        "resumed_from": len(sources) - len(pending) - output.carried,
         "seconds": time.perf_counter() - started,
         "images_per_second": processed / loop_seconds if loop_seconds else 0.0,
         "provider": chosen.provider,  # what actually ran, read back from the sessions (or the server)
         "warnings": list(chosen.warnings),  # why that is not the provider asked for
     }
+
+
+def _sync(index: str | None, out, plan, overwrite: bool) -> dict | None:
+    if not index:
+        return None
+    from extract.index_sync import sync_index
+
+    return sync_index(index, Path(out), plan, replace=overwrite)
 
 
 def _check_numbers(batch_size: int, workers: int | None) -> None:

@@ -6,13 +6,20 @@ journal, which is fsync'ed. A run killed at any point therefore leaves a journal
 the matrices do not hold; a rerun with the same job signature skips the journaled rows. At the end the
 rows that succeeded are copied, block by block, into the final files; `extract.json` is written last and
 marks the job complete.
+
+`index.csv` records each file's fingerprint (size and modification time) as the run saw it. An update
+(`--update`, implied by `--index`) may follow a changed input list or changed files: rows of files whose
+fingerprint is unchanged are carried over from the finished files already in the folder, journaled as done
+at once, and only new and changed files are computed; files no longer listed are dropped.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +29,8 @@ import numpy as np
 
 from extract.errors import UsageError
 from extract.plan import Plan, file_names, signature_difference
+
+log = logging.getLogger("extract")
 
 PARTIAL = ".partial"
 JOURNAL = "journal.jsonl"
@@ -47,11 +56,15 @@ class BatchResult:
 
 
 class JobOutput:
-    def __init__(self, out: Path, plan: Plan):
+    def __init__(self, out: Path, plan: Plan, fingerprints: list[str], update: bool = False):
         self.out = Path(out)
         self.plan = plan
+        self.fingerprints = fingerprints  # one per source, as fingerprint() read it when the run was planned
+        self.update = update
         self.partial = self.out / PARTIAL
         self.signature = plan.signature()
+        self.sources_digest = hashlib.sha256("\n".join(fingerprints).encode()).hexdigest()
+        self.carried = 0
         self.done = np.zeros(len(plan.sources), dtype=bool)
         self.failures: dict[int, str] = {}
         self.matrices: list[np.memmap] = []
@@ -60,25 +73,42 @@ class JobOutput:
     # ---- opening: new, resumed, or already complete -------------------------------------------------
 
     def open(self, overwrite: bool = False) -> str:
-        """'complete' (nothing left to do), 'resumed' or 'new'; refuses an out dir holding another job."""
+        """'complete' (nothing left to do), 'resumed', 'updated' or 'new'; refuses an out dir holding another job.
+
+        Without `update`, a finished job with the same signature is complete whatever its files became since;
+        with it, the files' fingerprints must be unchanged too, and a finished job that differs only in its
+        input list is carried over row by row instead of refused.
+        """
         summary = _read_json(self.out / SUMMARY)
+        previous = None
         if summary is not None:
-            if summary.get("job") == self.signature:
+            if summary.get("job") == self.signature and self._same_sources(summary):
                 shutil.rmtree(self.partial, ignore_errors=True)  # left if killed between summary and cleanup
                 return "complete"
-            self._replace(summary.get("job") or {}, overwrite)
+            if self.update and not overwrite and _only_inputs_differ(summary.get("job") or {}, self.signature):
+                previous = summary
+            else:
+                self._replace(summary.get("job") or {}, overwrite)
         header = self._journal_header()
         if header is not None:
-            if header == self.signature:
+            if header.get("job") == self.signature and self._same_sources(header):
                 self._resume()
                 return "resumed"
-            self._replace(header, overwrite)
+            if previous is None:
+                self._replace(header.get("job") or {}, overwrite)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} is a file, not a folder")
-        if self.out.is_dir() and any(path.name != PARTIAL for path in self.out.iterdir()):
+        if previous is None and self.out.is_dir() and any(path.name != PARTIAL for path in self.out.iterdir()):
             raise UsageError(f"{self.out} is not empty and holds no extraction; choose a new or empty folder for --out")
         self._create()
+        if previous is not None:
+            self._carry_over(previous)
+            return "updated"
         return "new"
+
+    def _same_sources(self, record: dict) -> bool:
+        """Whether the files are as a finished job (or journal) saw them: only asked in an update."""
+        return not self.update or record.get("sources") == self.sources_digest
 
     def summary(self) -> dict:
         return _read_json(self.out / SUMMARY) or {}
@@ -104,7 +134,7 @@ class JobOutput:
                 header = json.loads(handle.readline())
         except (OSError, ValueError):
             return None  # no journal, or killed before its header was complete: start afresh
-        return header.get("job") if isinstance(header, dict) else None
+        return header if isinstance(header, dict) else None
 
     def _create(self) -> None:
         shutil.rmtree(self.partial, ignore_errors=True)
@@ -116,7 +146,7 @@ class JobOutput:
             matrix.flush()
             self.matrices.append(matrix)
         journal = self.partial / JOURNAL
-        _write_atomic(journal, json.dumps({"job": self.signature}) + "\n")
+        _write_atomic(journal, json.dumps({"job": self.signature, "sources": self.sources_digest}) + "\n")
         self._journal = open(journal, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def _resume(self) -> None:
@@ -150,12 +180,38 @@ class JobOutput:
             self.matrices.append(matrix)
         self._journal = open(journal, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
+    def _carry_over(self, previous: dict) -> None:
+        """Copy the rows of unchanged files from the finished job in the folder into staging, journaled as done."""
+        try:
+            old = finished_index(self.out)
+            finished = finished_matrices(self.out, self.plan)
+        except (OSError, ValueError, KeyError):
+            old, finished = {}, []
+        if {len(old), *(len(matrix) for matrix in finished)} != {previous.get("rows")}:
+            log.warning("%s: the finished files disagree with extract.json; computing every file again", self.out)
+            return
+        pairs = [
+            (row, old[path][0])
+            for row, (path, fingerprint) in enumerate(zip(self.plan.sources, self.fingerprints, strict=True))
+            if fingerprint and old.get(path, (None, None))[1] == fingerprint
+        ]
+        if not pairs:
+            return
+        rows, old_rows = (np.asarray(column, dtype=np.int64) for column in zip(*pairs, strict=True))
+        for matrix, source in zip(self.matrices, finished, strict=True):
+            step = max(1, BLOCK_BYTES // max(1, matrix[0].nbytes))
+            for start in range(0, len(rows), step):
+                matrix[rows[start : start + step]] = source[old_rows[start : start + step]]
+        self.write(BatchResult(rows, [], []), copied=True)
+        self.carried = len(rows)
+
     # ---- running --------------------------------------------------------------------------------------
 
-    def write(self, result: BatchResult) -> None:
-        """Rows into the matrices by position, flushed to disk; then the journal line, fsync'ed."""
+    def write(self, result: BatchResult, copied: bool = False) -> None:
+        """Rows into the matrices by position (unless `copied` there already), flushed to disk; then the journal
+        line, fsync'ed."""
         if len(result.rows):
-            for matrix, array in zip(self.matrices, result.arrays, strict=True):
+            for matrix, array in zip(self.matrices, [] if copied else result.arrays, strict=not copied):
                 matrix[result.rows] = array
             for matrix in self.matrices:
                 matrix.flush()
@@ -189,13 +245,15 @@ class JobOutput:
         else:
             for layer, matrix in zip(self.plan.layers, self.matrices, strict=True):
                 _copy_rows(matrix, good, self.out / f"{layer.file}.npy")
-        sources = self.plan.sources
-        _write_atomic(self.out / INDEX, _csv(["row", "path"], ((i, sources[r]) for i, r in enumerate(good))))
+        sources, prints = self.plan.sources, self.fingerprints
+        listed = ((i, sources[r], prints[r]) for i, r in enumerate(good))
+        _write_atomic(self.out / INDEX, _csv(["row", "path", "fingerprint"], listed))
         failures = ((sources[r], self.failures[r]) for r in sorted(self.failures))
         _write_atomic(self.out / FAILED, _csv(["path", "reason"], failures))
         _write_atomic(self.out / MODEL, self.plan.model.manifest_text)
         summary = {
             "job": self.signature,
+            "sources": self.sources_digest,
             "rows": len(good),
             "failed": len(self.failures),
             "files": [INDEX, FAILED, MODEL] + ([PARQUET] if self.plan.format == "parquet" else []),
@@ -217,10 +275,35 @@ class JobOutput:
         shutil.rmtree(self.partial)
         return summary
 
-    def _describe(self, layer) -> dict:
-        file = f"{layer.file}.npy" if self.plan.format == "npy" else PARQUET
-        shape = list(layer.shape)
-        return {"name": layer.name, "level": layer.level, "shape": shape, "dtype": self.plan.dtype, "file": file}
+
+def fingerprint(path: str) -> str:
+    """Size and modification time of a file as one string ('' when it cannot be read): a changed file differs."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return ""
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def _only_inputs_differ(found: dict, expected: dict) -> bool:
+    inputs = {"inputs", "inputs_sha256"}
+    return {k: v for k, v in found.items() if k not in inputs} == {k: v for k, v in expected.items() if k not in inputs}
+
+
+def finished_index(out: Path) -> dict[str, tuple[int, str]]:
+    """path -> (row, fingerprint) from a finished job's index.csv (no fingerprint: written before they were)."""
+    with open(out / INDEX, encoding="utf-8", newline="") as handle:
+        return {line["path"]: (int(line["row"]), line.get("fingerprint") or "") for line in csv.DictReader(handle)}
+
+
+def finished_matrices(out: Path, plan: Plan) -> list[np.ndarray]:
+    """Each layer's finished rows: the .npy files memory-mapped, or the Parquet columns as arrays."""
+    if plan.format == "parquet":
+        from extract.parquet import read_features
+
+        arrays = read_features(out / PARQUET)[1]
+        return [arrays[layer.name] for layer in plan.layers]
+    return [np.load(out / f"{layer.file}.npy", mmap_mode="r") for layer in plan.layers]
 
 
 def _ranges(rows: np.ndarray) -> list[list[int]]:
