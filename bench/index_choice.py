@@ -143,6 +143,64 @@ def embed(views: int, batch: int = 32) -> None:
     print(json.dumps(facts))
 
 
+
+# --- data (candidates' venv) ---------------------------------------------------------------------------------------
+
+
+def gaussian_like(real: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` float32 vectors from N(mean, cov) of `real`: the real spectrum, hence intrinsic dimension."""
+    mean = real.mean(axis=0, dtype=np.float64)
+    values, vectors = np.linalg.eigh(np.cov(real, rowvar=False))
+    factor = (vectors * np.sqrt(np.clip(values, 0, None))).T.astype(np.float32)
+    out = np.empty((count, real.shape[1]), dtype=np.float32)
+    for first in range(0, count, 20_000):
+        block = rng.standard_normal((min(20_000, count - first), real.shape[1]), dtype=np.float32)
+        out[first : first + len(block)] = block @ factor + mean.astype(np.float32)
+    return out
+
+
+def spectrum_facts(real: np.ndarray) -> dict:
+    """Participation ratio and the components holding 90 % / 99 % of the variance: how 'low-dimensional' it is."""
+    values = np.clip(np.linalg.eigvalsh(np.cov(real, rowvar=False))[::-1], 0, None)
+    cumulative = np.cumsum(values) / values.sum()
+    return {
+        "participation_ratio": round(float(values.sum() ** 2 / (values**2).sum()), 1),
+        "components_90pct_variance": int(np.searchsorted(cumulative, 0.90) + 1),
+        "components_99pct_variance": int(np.searchsorted(cumulative, 0.99) + 1),
+    }
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def exact_top(base: np.ndarray, queries: np.ndarray, depth: int = 2 * K, block: int = 256) -> np.ndarray:
+    """Exact top-`depth` ids by cosine similarity (normalised dot products in blocks), best first."""
+    base_unit = unit(base)
+    out = np.empty((len(queries), depth), dtype=np.int64)
+    for first in range(0, len(queries), block):
+        sims = unit(queries[first : first + block]) @ base_unit.T
+        top = np.argpartition(-sims, depth, axis=1)[:, :depth]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
+        out[first : first + block] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def dataset(layer: str, count: int) -> dict:
+    """Base, Gaussian and real queries and their exact top-20, cached in /tmp/ixdata per layer and count."""
+    real = np.load(DATA / f"real_{layer}.npy").astype(np.float32)
+    cache = DATA / f"set_{layer}_{count}_{SEED}.npz"
+    if not cache.exists():
+        rng = np.random.default_rng([SEED, real.shape[1], count])
+        drawn = gaussian_like(real, count + 1_000, rng)
+        base, gaussian = drawn[:count], drawn[count:]
+        np.savez(
+            cache, base=base, gaussian=gaussian, gt_gaussian=exact_top(base, gaussian), gt_real=exact_top(base, real)
+        )
+    stored = np.load(cache)
+    return {"layer": layer, "dim": real.shape[1], "real": real, **{name: stored[name] for name in stored.files}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("embed", "compare"))

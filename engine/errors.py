@@ -41,6 +41,10 @@ class Unprocessable(FeaturesError):
     """Well-formed input that still cannot be processed: an undecodable image, a non-finite result."""
 
 
+class Conflict(FeaturesError):
+    """The request is fine but meets state that disagrees with it: an index built by another version of a model."""
+
+
 class Unavailable(FeaturesError):
     """Not now: still loading, stopping or busy; the same input succeeds later (`facts["retry_after"]` seconds)."""
 

@@ -50,6 +50,16 @@ def _choice(value, option: str, choices: tuple[str, ...]) -> str:
     return value.strip().lower()
 
 
+def whole_number(value, option: str, low: int, high: int) -> int:
+    """An integer option from JSON (a number) or a query/form field (ASCII digits: not '²' or '٣')."""
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or not low <= number <= high:
+        raise InvalidInput(f"option {option}={value!r} must be a whole number from {low} to {high}")
+    return number
+
+
 def _flag(value, option: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -141,18 +151,24 @@ def check_finite(outputs: list[np.ndarray], names: list[str]) -> None:
             )
 
 
-def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOptions) -> list[dict[str, dict]]:
-    """Per input: {level: {layer: encoded array}} for the requested layers, in input order."""
-    layers = select_layers(manifest, options)
-    names = [output_name(layer, options.pooling) for layer in layers]
+def compute(runtime, layers: list[Layer], pooling: str, batch: np.ndarray) -> list[np.ndarray]:
+    """One array per layer, [len(batch), *shape], from one run of the outputs they need."""
+    names = [output_name(layer, pooling) for layer in layers]
     unique = list(dict.fromkeys(names))
     outputs = runtime.run(unique, batch)
     check_finite(outputs, unique)
     by_name = dict(zip(unique, outputs, strict=True))
+    return [by_name[name] for name in names]
+
+
+def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOptions) -> list[dict[str, dict]]:
+    """Per input: {level: {layer: encoded array}} for the requested layers, in input order."""
+    layers = select_layers(manifest, options)
+    arrays = compute(runtime, layers, options.pooling, batch)
     results = []
     for index in range(len(batch)):
         features: dict[str, dict] = {}
-        for layer, name in zip(layers, names, strict=True):
-            features.setdefault(layer.level, {})[layer.name] = encode_array(by_name[name][index], options)
+        for layer, array in zip(layers, arrays, strict=True):
+            features.setdefault(layer.level, {})[layer.name] = encode_array(array[index], options)
         results.append(features)
     return results

@@ -17,11 +17,13 @@ from engine.decode_budget import DecodeBudget
 from engine.errors import FeaturesError
 from engine.registry import Registry
 from engine.settings import Settings
+from engine.vector_index import open_index
 from service import logs, metrics
 from service.picture_routes import PAGE_PATHS, pictures
 from service.problems import Unauthorized, problem, problem_headers, status_of
 from service.request_steps import json_response
 from service.routes import api
+from service.search_routes import search_routes
 
 log = logging.getLogger("service")
 access = logging.getLogger("service.access")
@@ -41,6 +43,8 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
     app.extensions["decode_budget"] = DecodeBudget(settings.decode_budget_mb * 1_000_000, settings.decode_wait)
     app.register_blueprint(api)
     app.register_blueprint(pictures)
+    app.register_blueprint(search_routes)
+    app.extensions["index"] = open_index(settings.index) if settings.index else None  # opened lazily
     _install_request_ids(app)
     _install_metrics_and_access_log(app)
     _install_auth(app, settings)

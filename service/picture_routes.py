@@ -12,7 +12,7 @@ from flask import Blueprint, Response, send_from_directory
 
 from engine.conv_filters import image_filters
 from engine.errors import InvalidInput, UnknownName
-from engine.features import FeatureOptions, check_finite, select_layers
+from engine.features import FeatureOptions, check_finite, select_layers, whole_number
 from engine.manifest import Layer
 from engine.pictures import MAP_ALPHA, MapsCaption, activation_grid, filter_grid, input_pixels, png_bytes
 from engine.registry import LoadedModel
@@ -42,18 +42,9 @@ def maps_options(raw: dict[str, object]) -> tuple[int, float]:
         raise InvalidInput(
             f"unknown option {unknown[0]!r}; maps.png takes {', '.join(MAPS_OPTIONS)}", valid=list(MAPS_OPTIONS)
         )
-    k = _integer(raw.get("k", K_DEFAULT), "k", K_MIN, K_MAX)
+    k = whole_number(raw.get("k", K_DEFAULT), "k", K_MIN, K_MAX)
     alpha = _fraction(raw.get("alpha", MAP_ALPHA), "alpha")
     return k, alpha
-
-
-def _integer(value, option: str, low: int, high: int) -> int:
-    number = value if isinstance(value, int) and not isinstance(value, bool) else None
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # not '²' or '٣'
-        number = int(value.strip())
-    if number is None or not low <= number <= high:
-        raise InvalidInput(f"option {option}={value!r} must be a whole number from {low} to {high}")
-    return number
 
 
 def _fraction(value, option: str) -> float:

@@ -7,7 +7,16 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from engine.errors import FeaturesError, InvalidInput, Misconfigured, TooLarge, Unavailable, UnknownName, Unprocessable
+from engine.errors import (
+    Conflict,
+    FeaturesError,
+    InvalidInput,
+    Misconfigured,
+    TooLarge,
+    Unavailable,
+    UnknownName,
+    Unprocessable,
+)
 
 
 class Unauthorized(FeaturesError):
@@ -23,6 +32,7 @@ STATUS_OF = {
     Unauthorized: 401,
     UnknownName: 404,
     TooLarge: 413,
+    Conflict: 409,
     UnsupportedMediaType: 415,
     Unprocessable: 422,
     Misconfigured: 500,
