@@ -6,6 +6,8 @@ from functools import cache
 
 from engine.features import DTYPES, ENCODINGS
 from engine.manifest import LEVELS, POOLINGS, PRECISIONS
+from engine.search import DEFAULT_K
+from engine.vector_index.base import MAX_K
 
 _REF = "#/components/schemas/"
 
@@ -300,6 +302,157 @@ def _picture_paths(model: dict, raw: dict) -> dict:
     }
 
 
+_NEIGHBOURS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["id", "path", "score"],
+        "properties": {
+            "id": {"type": "integer", "description": "the entry; GET /v1/index/entries/{id}/image shows it"},
+            "path": {"type": "string", "description": "the file as batch extraction listed it"},
+            "score": {"type": "number", "description": "cosine similarity, 1 for the same direction"},
+        },
+    },
+}
+_SEARCH_SCHEMAS = {
+    "SearchResponse": {
+        "type": "object",
+        "required": ["model", "sha256", "precision", "provider", "index", "options", "results"],
+        "properties": {
+            "model": {"type": "string"},
+            "sha256": {"type": "string"},
+            "precision": _PRECISION,
+            "provider": {"type": "string"},
+            "index": {
+                "type": "object",
+                "required": ["collection", "entries"],
+                "properties": {"collection": {"type": "string"}, "entries": {"type": "integer"}},
+            },
+            "options": {"type": "object"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "name", "neighbours"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "name": {"type": ["string", "null"]},
+                        "neighbours": {
+                            "type": "object",
+                            "propertyNames": {"enum": list(LEVELS)},
+                            "additionalProperties": {"type": "object", "additionalProperties": _NEIGHBOURS},
+                        },
+                    },
+                },
+            },
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "IndexCatalogue": {
+        "type": "object",
+        "required": ["target", "collections"],
+        "properties": {
+            "target": {"type": "string", "description": "FEATURES_INDEX (a URL's password is never shown)"},
+            "collections": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "model", "model_sha256", "pooling", "layers", "entries", "searchable"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "model": {"type": "string"},
+                        "model_sha256": {"type": "string"},
+                        "pooling": {"enum": ["avg", "max"]},
+                        "layers": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "size"],
+                                "properties": {"name": {"type": "string"}, "size": {"type": "integer"}},
+                            },
+                        },
+                        "entries": {"type": "integer"},
+                        "searchable": {"type": "boolean", "description": "built by the very model served here"},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _search_paths(model: dict, raw: dict) -> dict:
+    """Search by level (service/search_routes.py) over the index that batch extraction writes."""
+    options = {
+        "levels": _OPTIONS["levels"],
+        "layers": {**_NAMES, "description": "indexed layer names; overrides levels (default: every indexed layer)"},
+        "pooling": {"enum": ["avg", "max"], "default": "avg", "description": "how maps became vectors"},
+        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K, "description": "neighbours"},
+    }
+    query = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in options.items()]
+    multipart = {"type": "object", "required": ["image"], "properties": {**_MULTIPART_IMAGES, **options}}
+    json_options = {name: _nullable(schema) for name, schema in options.items()}
+    json_body = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {"inputs": _SCHEMAS["FeaturesJSONRequest"]["properties"]["inputs"], **json_options},
+        "additionalProperties": False,
+    }
+    entry = {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    size = {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256, "description": "longest side"}
+    not_found = _problem("no index configured (FEATURES_INDEX), no such collection, layer or entry, or its file gone")
+    return {
+        "/v1/models/{model_name}/search": {
+            "post": {
+                "summary": "nearest indexed images of each input, per layer: what each level finds alike",
+                "parameters": [model, *query],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": multipart},
+                        "application/json": {"schema": json_body},
+                        "image/jpeg": raw,
+                        "image/png": raw,
+                        "image/webp": raw,
+                    },
+                },
+                "responses": {
+                    "200": _ok("SearchResponse", "neighbours per input, level and layer, best first"),
+                    **_ERRORS,
+                    "404": not_found,
+                    "409": _problem("the index was built by another version of the model (other sha256)"),
+                },
+            }
+        },
+        "/v1/index": {
+            "get": {
+                "summary": "the index's collections: model, pooling, layers, entries",
+                "responses": {"200": _ok("IndexCatalogue", "collections"), "401": _ERRORS["401"], "404": not_found},
+            }
+        },
+        "/v1/index/entries/{entry_id}/image": {
+            "get": {
+                "summary": "a JPEG thumbnail of an indexed image",
+                "parameters": [entry, {"name": "size", "in": "query", "required": False, "schema": size}],
+                "responses": {
+                    "200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {"type": "string"}}}},
+                    "400": _ERRORS["400"],
+                    "401": _ERRORS["401"],
+                    "404": not_found,
+                    "413": _ERRORS["413"],
+                    "422": _ERRORS["422"],
+                    "503": _ERRORS["503"],
+                },
+            }
+        },
+    }
+
+
+_MULTIPART_IMAGES = {
+    "image": {"type": "array", "minItems": 1, "items": {"type": "string", "contentMediaType": "image/*"}},
+}
+
+
 @cache
 def openapi_document() -> dict:
     model = {
@@ -313,10 +466,7 @@ def openapi_document() -> dict:
     multipart = {
         "type": "object",
         "required": ["image"],
-        "properties": {
-            "image": {"type": "array", "minItems": 1, "items": {"type": "string", "contentMediaType": "image/*"}},
-            **_OPTIONS,
-        },
+        "properties": {**_MULTIPART_IMAGES, **_OPTIONS},
     }
     raw = {"schema": {"type": "string", "contentMediaType": "image/*"}}
     return {
@@ -365,6 +515,7 @@ def openapi_document() -> dict:
                 }
             },
             **_picture_paths(model, raw),
+            **_search_paths(model, raw),
             "/openapi.json": {
                 "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
             },
@@ -381,5 +532,5 @@ def openapi_document() -> dict:
                 }
             },
         },
-        "components": {"schemas": {**_SCHEMAS, "Labels": _LABELS}},
+        "components": {"schemas": {**_SCHEMAS, **_SEARCH_SCHEMAS, "Labels": _LABELS}},
     }
