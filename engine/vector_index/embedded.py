@@ -5,8 +5,9 @@ was chosen by measurement (bench/index_choice.py, docs/search.md#choice). A comm
 into a new generation folder and then, in one SQLite transaction, moves the collection to that generation: a
 reader sees the old files or the new ones, never a mix, and a writer killed halfway leaves the old generation
 in place (its unfinished folder is removed by the next writer). Readers notice a new generation on their next
-query and map it; an old generation's files are unlinked once replaced, and a reader still mapping them keeps
-reading them safely until it moves on.
+query and map it. A search reads the generation and its entries' paths in one SQLite snapshot, so they agree;
+the generation before the current one is kept for readers still opening it, older ones are unlinked, and a
+reader still mapping unlinked files keeps reading them safely until it moves on.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _usearch():
     try:
         from usearch.index import Index
     except ImportError:
-        raise Misconfigured("an index folder needs usearch: pip install -e '.[index]'") from None
+        raise Misconfigured("an index folder needs usearch: pip install -e .") from None
     return Index
 
 
@@ -119,6 +120,21 @@ class EmbeddedIndex(VectorIndex):
     def search(self, model: str, pooling: str, layer: str, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
         check_k(k)
         name = collection_name(model, pooling)
+        db = self._db()
+        if db is None:
+            raise UnknownName(f"the index {self.target} has no collection {name} (it holds none yet)", valid=[])
+        for attempt in range(2):
+            db.execute("BEGIN")  # one snapshot: the generation read and its entries' paths agree
+            try:
+                return self._search_snapshot(name, layer, queries, k)
+            except FileNotFoundError:  # that generation's files were removed meanwhile: read the newer one
+                if attempt:
+                    raise Unavailable(f"the index {self.target} is being rewritten too fast to read") from None
+            finally:
+                db.execute("COMMIT")
+        raise AssertionError("unreachable")
+
+    def _search_snapshot(self, name: str, layer: str, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
         row = self._row(name)
         if row is None:
             valid = [spec.name for spec in self.collections()]
@@ -127,8 +143,7 @@ class EmbeddedIndex(VectorIndex):
         if layer not in spec.layers:
             raise UnknownName(f"layer {layer!r} is not in the index collection {name}", valid=list(spec.layers))
         queries = _check_queries(queries, spec.layers[layer])
-        position = list(spec.layers).index(layer)
-        view = self._view(name, position, generation)
+        view = self._view(name, list(spec.layers).index(layer), generation)
         if view is None:  # an empty collection
             return [[] for _ in queries]
         view.expansion_search = max(EXPANSION_SEARCH, 2 * k)
@@ -159,7 +174,9 @@ class EmbeddedIndex(VectorIndex):
             if cached and cached[0] == generation:
                 return cached[1]
             path = _layer_file(self.folder, name, generation, position)
-            view = _usearch().restore(path, view=True) if path.is_file() else None
+            view = _usearch().restore(path, view=True) if generation else None  # generation 0: never written
+            if generation and view is None:
+                raise FileNotFoundError(path)
             self._views[(name, position)] = (generation, view)
             return view
 
@@ -209,7 +226,7 @@ class _EmbeddedWriter(Writer):
             self.db.execute("DELETE FROM entries WHERE collection = ?", (name,))
         folder = self.index.folder / FILES / name
         for old in folder.glob("*") if folder.is_dir() else []:
-            if old.name != str(generation):  # left by a writer killed before its commit
+            if old.name not in (str(generation), str(generation - 1)):  # a killed writer's, or long replaced
                 shutil.rmtree(old, ignore_errors=True)
         self.db.execute(
             "INSERT INTO collections (name, model, model_sha256, pooling, layers, source, generation) "
@@ -300,7 +317,8 @@ class _EmbeddedWriter(Writer):
             self.db.execute("ROLLBACK")
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        shutil.rmtree(self.index.folder / FILES / name / str(self.generation), ignore_errors=True)
+        # The generation before last goes: a reader whose snapshot is the last one may still be opening its files.
+        shutil.rmtree(self.index.folder / FILES / name / str(self.generation - 1), ignore_errors=True)
 
     def abort(self) -> None:
         if not self.done:

@@ -1,12 +1,17 @@
 // The page: one image in, per-level activation maps, receptive fields to scale and the top-5 classes out.
-// Plain browser JavaScript over the public API only (GET /v1/models..., POST .../maps.png, POST .../features).
+// Plain browser JavaScript over the public API only (GET /v1/models..., POST .../maps.png, POST .../features),
+// plus the uploaded image's nearest indexed neighbours per level (GET /v1/index, POST .../search, entry thumbnails).
 "use strict";
 
 const LEVELS = ["low", "mid", "high"];
 const LEVEL_COLOURS = { low: "#4fc3f7", mid: "#ffb74d", high: "#ef5350" };
 const $ = (selector) => document.querySelector(selector);
 
-const state = { model: null, labels: null, file: null, run: 0, objectUrls: [] };
+const SEARCH_K = 6;
+const THUMBNAIL_SIZE = 256;
+
+// run counts uploads: an answer for an older run is dropped; abort cancels the older run's requests.
+const state = { model: null, labels: null, file: null, run: 0, abort: null, objectUrls: [], thumbnails: new Map() };
 
 function headers() {
   const key = $("#api-key").value.trim();
@@ -18,19 +23,24 @@ function setStatus(text, kind = "busy") {
   document.body.dataset.state = kind;
 }
 
-// A problem+json answer becomes an Error carrying the service's own explanation.
+// A problem+json answer becomes an Error carrying the service's own explanation (and its status and detail).
 async function check(response) {
   if (response.ok) return response;
-  let detail = `${response.status} ${response.statusText}`;
+  let message = `${response.status} ${response.statusText}`;
+  let detail = message;
   try {
     const problem = await response.json();
-    detail = `${problem.status} ${problem.title}: ${problem.detail}`;
+    message = `${problem.status} ${problem.title}: ${problem.detail}`;
+    detail = problem.detail ?? message;
   } catch (_) { /* not JSON: keep the status line */ }
-  throw new Error(detail);
+  const error = new Error(message);
+  error.status = response.status;
+  error.detail = detail;
+  throw error;
 }
 
-async function getJson(path) {
-  return (await check(await fetch(path, { headers: headers() }))).json();
+async function getJson(path, signal) {
+  return (await check(await fetch(path, { headers: headers(), signal }))).json();
 }
 
 function imageForm(file, fields) {
@@ -63,6 +73,20 @@ function svgElement(tag, attributes) {
 function forgetObjectUrls() {
   state.objectUrls.forEach((url) => URL.revokeObjectURL(url));
   state.objectUrls = [];
+  state.thumbnails = new Map();
+}
+
+function layerByName(name) {
+  return state.model.layers.find((layer) => layer.name === name);
+}
+
+// How far a layer looks, in the words of the layer table and the map captions.
+function layerReach(layer) {
+  if (!layer) return "";
+  if (layer.token_grid) return `stride ${layer.stride} px · patch tokens: each has attended to the whole image`;
+  if (layer.stride && layer.receptive_field) return `stride ${layer.stride} px · receptive field ${layer.receptive_field} px`;
+  if (layer.stride) return `stride ${layer.stride} px · receptive field: the whole image`;
+  return "a vector of the whole image";
 }
 
 function spatialLayers() {
@@ -195,7 +219,11 @@ async function analyse(file) {
   if (!state.model) return;
   state.file = file;
   const run = ++state.run;
+  state.abort?.abort();  // the previous upload's requests: their answers would be dropped anyway
+  state.abort = new AbortController();
+  const signal = state.abort.signal;
   forgetObjectUrls();
+  clearNeighbours(`Looking for the neighbours of ${file.name || "the image"}…`);
   setStatus(`Analysing ${file.name || "the image"}…`);
   $("#rf-image").setAttribute("href", await previewInput(file).catch(() => ""));
   const layers = mapLayers();
@@ -205,7 +233,8 @@ async function analyse(file) {
     layers.filter((layer) => layer.level === level).forEach((layer) => column.append(mapFigure(layer)));
   }
   $("#top5").replaceChildren();
-  const jobs = [...layers.map((layer) => showMap(layer, file, run)), showTop5(file, run)];
+  const jobs = [...layers.map((layer) => showMap(layer, file, run, signal)), showTop5(file, run, signal),
+    showNeighbours(file, run, signal)];
   const outcomes = await Promise.allSettled(jobs);
   if (run !== state.run) return;
   const failures = outcomes.filter((o) => o.status === "rejected").map((o) => o.reason.message);
@@ -221,10 +250,11 @@ function mapFigure(layer) {
   return figure;
 }
 
-async function showMap(layer, file, run) {
+async function showMap(layer, file, run, signal) {
   const k = $("#k").value;
   const url = `/v1/models/${encodeURIComponent(state.model.name)}/layers/${encodeURIComponent(layer.name)}/maps.png`;
-  const response = await check(await fetch(url, { method: "POST", headers: headers(), body: imageForm(file, { k }) }));
+  const response = await check(await fetch(url, { method: "POST", headers: headers(), body: imageForm(file, { k }),
+    signal }));
   const blob = await response.blob();
   if (run !== state.run) return;
   const objectUrl = URL.createObjectURL(blob);
@@ -237,7 +267,7 @@ async function showMap(layer, file, run) {
   document.querySelector(`figure.map[data-layer="${layer.name}"]`)?.prepend(link);
 }
 
-async function showTop5(file, run) {
+async function showTop5(file, run, signal) {
   const layer = state.model.logits_layer;
   const list = $("#top5");
   if (!layer || !state.labels) {
@@ -246,7 +276,7 @@ async function showTop5(file, run) {
   }
   const url = `/v1/models/${encodeURIComponent(state.model.name)}/features`;
   const body = imageForm(file, { layers: layer });
-  const answer = await (await check(await fetch(url, { method: "POST", headers: headers(), body }))).json();
+  const answer = await (await check(await fetch(url, { method: "POST", headers: headers(), body, signal }))).json();
   if (run !== state.run) return;
   const features = answer.results[0].features;
   const level = Object.keys(features).find((name) => layer in features[name]);
@@ -259,6 +289,126 @@ async function showTop5(file, run) {
       element("span", { class: "probability" }, `${(100 * p).toFixed(1)}%`), bar);
     return item;
   }));
+}
+
+// --- nearest indexed images ----------------------------------------------------------------------------------
+
+function clearNeighbours(note) {
+  $("#neighbours").replaceChildren();
+  const line = $("#search-note");
+  line.className = "hint";
+  line.replaceChildren(note);
+}
+
+// One quiet line: no index, or none for this model. Says how to make one; never an error.
+function noIndex(reason) {
+  const model = state.model.name;
+  const line = $("#search-note");
+  line.className = "hint";
+  line.replaceChildren(`${reason}. To search by level, index a folder of images with `,
+    element("code", {}, `python -m extract IMAGES --model ${model} --out DIR --index INDEXDIR`),
+    " and start the service with ", element("code", {}, "FEATURES_INDEX=INDEXDIR"), ".");
+}
+
+// For each level, the deepest layer of that level (the model's `levels` lists them in depth order) in the collection.
+function searchLayers(collection) {
+  const indexed = new Set(collection.layers.map((layer) => layer.name));
+  return LEVELS.map((level) => [level, (state.model.levels[level] ?? []).filter((name) => indexed.has(name)).pop()])
+    .filter(([, name]) => name);
+}
+
+async function showNeighbours(file, run, signal) {
+  try {
+    await findNeighbours(file, run, signal);
+  } catch (error) {
+    if (run !== state.run) return;
+    const line = $("#search-note");
+    line.className = "hint error";
+    line.textContent = `Cannot search the index: ${error.message}`;
+    throw error;
+  }
+}
+
+async function findNeighbours(file, run, signal) {
+  const model = state.model.name;
+  let catalogue;
+  try {
+    catalogue = await getJson("/v1/index", signal);
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    if (run === state.run) noIndex("This service has no search index");
+    return;
+  }
+  if (run !== state.run) return;
+  const mine = catalogue.collections.filter((c) => c.model === model && c.searchable && c.entries > 0);
+  const collection = mine.find((c) => c.pooling === "avg") ?? mine[0];
+  const picked = collection ? searchLayers(collection) : [];
+  if (!picked.length) {
+    const stale = catalogue.collections.some((c) => c.model === model && !c.searchable);
+    noIndex(stale ? `The index holds vectors of another version of ${model}, which cannot be compared`
+      : `The index holds no images for ${model}`);
+    return;
+  }
+  const url = `/v1/models/${encodeURIComponent(model)}/search`;
+  const body = imageForm(file, { layers: picked.map(([, name]) => name).join(","), pooling: collection.pooling,
+    k: SEARCH_K });
+  const answer = await (await check(await fetch(url, { method: "POST", headers: headers(), body, signal }))).json();
+  if (run !== state.run) return;
+  const found = answer.results[0].neighbours;
+  $("#search-note").textContent = `${collection.entries} indexed images (collection ${collection.name}, ` +
+    `${collection.pooling} pooling); the ${SEARCH_K} nearest at each level:`;
+  const columns = picked.map(([level, name]) => neighbourColumn(level, name, found[level]?.[name] ?? []));
+  $("#neighbours").replaceChildren(...columns.map(({ column }) => column));
+  await Promise.allSettled(columns.flatMap(({ pending }) => pending.map((job) => job(run, signal))));
+}
+
+function neighbourColumn(level, layerName, neighbours) {
+  const column = element("div", { class: "search-column", "data-level": level, "data-layer": layerName });
+  const heading = element("h3", {}, "");
+  heading.append(element("span", { class: "level-name" }, level), layerName);
+  column.append(heading, element("p", { class: "hint" }, layerReach(layerByName(layerName))));
+  const list = element("ol", { class: "neighbours" });
+  const pending = neighbours.map((neighbour) => {
+    const item = element("li", { class: "neighbour", "data-id": neighbour.id, title: neighbour.path });
+    const holder = element("div", { class: "thumb loading" });
+    const name = neighbour.path.split(/[\\/]/).pop() || neighbour.path;
+    item.append(holder, element("span", { class: "score" }, neighbour.score.toFixed(3)),
+      element("span", { class: "file", title: neighbour.path }, name));
+    list.append(item);
+    return (run, signal) => showThumbnail(holder, neighbour, name, run, signal);
+  });
+  if (!neighbours.length) column.append(element("p", { class: "hint" }, "no neighbours found"));
+  column.append(list);
+  return { column, pending };
+}
+
+// One request per entry and upload, however many columns show it: <img src> cannot send the API key.
+function thumbnailUrl(id, run, signal) {
+  if (!state.thumbnails.has(id)) {
+    state.thumbnails.set(id, (async () => {
+      const url = `/v1/index/entries/${encodeURIComponent(id)}/image?size=${THUMBNAIL_SIZE}`;
+      const blob = await (await check(await fetch(url, { headers: headers(), signal }))).blob();
+      if (run !== state.run) throw new Error("a newer upload replaced this one");
+      const objectUrl = URL.createObjectURL(blob);
+      state.objectUrls.push(objectUrl);
+      return objectUrl;
+    })());
+  }
+  return state.thumbnails.get(id);
+}
+
+async function showThumbnail(holder, neighbour, name, run, signal) {
+  try {
+    const objectUrl = await thumbnailUrl(neighbour.id, run, signal);
+    const image = element("img", { class: "thumb", src: objectUrl, alt: name });
+    await image.decode();
+    if (run === state.run) holder.replaceWith(image);
+  } catch (error) {
+    if (run !== state.run) return;
+    holder.className = "thumb missing";
+    holder.title = error.detail ?? error.message;
+    holder.textContent = "no picture";
+  }
 }
 
 // --- wiring ---------------------------------------------------------------------------------------------------
