@@ -67,7 +67,7 @@ class ServerClient:
                 if response.status_code != 503:
                     return response
                 if attempt == self.retries:
-                    raise ExtractError(f"{self.url} still answers 503: {_detail(response)}")
+                    raise ExtractError(f"{self.url} still answers 503: {detail_of(response)}")
                 wait_for = max(delay, _retry_after(response))
             log.info("retrying %s %s in %.2fs", method, path, wait_for)
             time.sleep(wait_for)
@@ -79,13 +79,13 @@ class ServerClient:
         response = self.request("GET", f"/v1/models/{name}")
         if response.status_code in (401, 403):
             raise UsageError(
-                f"{self.url} refused the API key ({_detail(response)}); "
+                f"{self.url} refused the API key ({detail_of(response)}); "
                 "give --api-key-file or set FEATURES_API_KEY or FEATURES_API_KEY_FILE"
             )
         if response.status_code == 404:
-            raise UnknownName(_detail(response))
+            raise UnknownName(detail_of(response))
         if response.status_code != 200:
-            raise ExtractError(f"GET /v1/models/{name} answered {response.status_code}: {_detail(response)}")
+            raise ExtractError(f"GET /v1/models/{name} answered {response.status_code}: {detail_of(response)}")
         try:
             catalogue = response.json()
             self.provider = catalogue.get("provider")
@@ -244,7 +244,7 @@ def _problem(response: requests.Response) -> dict:
     return body if isinstance(body, dict) else {"detail": str(body)[:200]}
 
 
-def _detail(response: requests.Response) -> str:
+def detail_of(response: requests.Response) -> str:
     return str(_problem(response).get("detail") or f"HTTP {response.status_code}")
 
 
