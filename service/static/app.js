@@ -311,10 +311,15 @@ function noIndex(reason) {
 }
 
 // For each level, the deepest layer of that level (the model's `levels` lists them in depth order) in the collection.
+// Per level, the deepest indexed layer; for high, the deepest before the class scores when one is indexed:
+// logits compare predicted classes, the pooled features before them compare what the image shows.
 function searchLayers(collection) {
   const indexed = new Set(collection.layers.map((layer) => layer.name));
-  return LEVELS.map((level) => [level, (state.model.levels[level] ?? []).filter((name) => indexed.has(name)).pop()])
-    .filter(([, name]) => name);
+  return LEVELS.map((level) => {
+    const names = (state.model.levels[level] ?? []).filter((name) => indexed.has(name));
+    const features = names.filter((name) => name !== state.model.logits_layer);
+    return [level, (features.length ? features : names).pop()];
+  }).filter(([, name]) => name);
 }
 
 async function showNeighbours(file, run, signal) {

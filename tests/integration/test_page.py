@@ -233,10 +233,10 @@ def test_page_shows_nearest_indexed_images_per_level(models_dir, browser, indexe
         state, status = browser.find_element("tag name", "body").get_attribute("data-state"), _status(browser)
         assert state == "done", status
 
-        # The deepest indexed layer of each level, in the model's `levels` order: low | mid | high.
+        # The deepest indexed layer of each level (for high, the deepest before the logits): low | mid | high.
         assert [(c["level"], c["layer"]) for c in columns] == [("low", "stride4"), ("mid", "stride16"),
-                                                               ("high", "logits")]  # fmt: skip
-        assert [c["heading"] for c in columns] == ["lowstride4", "midstride16", "highlogits"]
+                                                               ("high", "embedding")]  # fmt: skip
+        assert [c["heading"] for c in columns] == ["lowstride4", "midstride16", "highembedding"]
         captions = [e.text for e in browser.find_elements("css selector", ".search-column > p.hint")]
         assert captions[:2] == ["stride 4 px · receptive field 19 px", "stride 16 px · receptive field 339 px"]
         names = {"chelsea.jpg", "astronaut.jpg", "coffee.jpg", "rocket.jpg", "coins.jpg", ODD_NAME}
@@ -268,6 +268,7 @@ def test_page_shows_nearest_indexed_images_per_level(models_dir, browser, indexe
         # A file gone since indexing: a placeholder whose tooltip is the service's explanation. Two uploads in a
         # row: the page shows the second one's neighbours only.
         (photos / "coins.jpg").unlink()
+        browser.execute_cdp_cmd("Network.clearBrowserCache", {})  # thumbnails may be cached for 5 minutes
         browser.find_element("id", "file").send_keys(str(photos / "coffee.jpg"))
         browser.find_element("id", "file").send_keys(str(photos / "astronaut.jpg"))
         columns = _wait_for_columns(browser, "astronaut.jpg")
