@@ -91,3 +91,47 @@ def plot_receptive_fields(result: dict, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_retrieval(result: dict, path: Path) -> Path:
+    """Top-1 hit rate per transform (rows, overall last) and layer (columns, low to high), chosen design first;
+    the drawn numbers ride along in the PNG's `retrieval` text chunk, so a reader can check them against the JSON."""
+    import json
+
+    from insight.retrieval import DESIGNS, grid
+
+    plt = _pyplot()
+    designs = sorted(DESIGNS, key=lambda design: design != result["chosen"])
+    tables = {design: grid(result, design) for design in designs}
+    figure, axes = plt.subplots(1, len(designs), figsize=(17, 5.4), constrained_layout=True)
+    for axis, design in zip(axes, designs, strict=True):
+        _heat_map(axis, tables[design], result["designs"][design], chosen=design == result["chosen"])
+    figure.colorbar(axes[-1].images[0], ax=axes, shrink=0.8, label="top-1 hit rate")
+    figure.suptitle(
+        f"{result['model']}: {len(result['photos'])} photos; does the nearest indexed embedding belong to the "
+        "query's photo? (average-pooled, cosine, EmbeddedIndex)"
+    )
+    figure.savefig(path, dpi=100, metadata={"retrieval": json.dumps(tables)})
+    plt.close(figure)
+    return path
+
+
+def _heat_map(axis, table: dict, design: dict, chosen: bool) -> None:
+    """One design's cells: hit rate as colour and number (and the plain design's mean margin under it)."""
+    rates = table["hit_rate"]
+    axis.imshow(rates, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    for row, values in enumerate(rates):
+        for column, rate in enumerate(values):
+            text = f"{rate:.2f}\nm {table['margin'][row][column]:+.2f}" if "margin" in table else f"{rate:.2f}"
+            axis.text(column, row, text, ha="center", va="center", fontsize=8,
+                      fontweight="bold" if rate < 1 else "normal")  # fmt: skip
+    axis.axhline(len(rates) - 1.5, color="black", linewidth=1.5)  # the overall row below the kinds
+    axis.set_yticks(range(len(table["rows"])), table["rows"])
+    axis.set_xticks(range(len(table["columns"])), [f"{name}\n{level}" for name, level in
+                                                    zip(table["columns"], table["levels"], strict=True)])  # fmt: skip
+    for label, level in zip(axis.get_xticklabels(), table["levels"], strict=True):
+        label.set_color(LEVEL_COLOURS[level])
+    database = "one plain view per photo" if "margin" in table else "every view (query's own entry skipped)"
+    axis.set_title(f"{'chosen: ' if chosen else ''}database = {database}\n{design['queries']} queries, "
+                   f"{design['database']} entries, chance {design['chance']:.2f}"
+                   + ("; m = mean margin" if "margin" in table else ""), fontsize=10)  # fmt: skip
