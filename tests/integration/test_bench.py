@@ -65,3 +65,18 @@ def test_memory_benchmark_measures_each_model_and_cut(models_dir, tmp_path):
     refused = subprocess.run([*command[:3], "--models-dir", str(models_dir), "--models", "nope"], cwd=REPO,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.startswith("error: no model 'nope'")
+
+
+def test_search_benchmark_measures_recall_and_latency_through_the_index(models_dir, tmp_path):
+    """python -m bench.search --quick: 10,000 vectors through the real EmbeddedIndex, recall against exact search."""
+    out = tmp_path / "search"
+    command = [sys.executable, "-m", "bench.search", "--quick", "--models-dir", str(models_dir), "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "search.json").read_text())["layers"]
+    assert [row["layer"] for row in rows] == ["stride16", "head"] and [row["dim"] for row in rows] == [112, 1280]
+    for row in rows:
+        assert row["vectors"] == 10_000 and row["queries"] == 200
+        assert row["recall_at_10"] >= 0.9 and row["recall_at_10_real_queries"] >= 0.9, row  # HNSW, not a timing
+        assert row["query_ms_p50"] > 0 and row["build_vectors_per_s"] > 0
+    assert "| head | 1280 | 10,000 |" in (out / "search.md").read_text()
