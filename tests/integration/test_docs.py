@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.deploy_files import require_tool
-from tests.helpers import REPO
+from tests.helpers import REPO, photo_jpeg
 from tests.integration.conftest import Server
+from tests.integration.extract_helpers import cli
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ELLIPSIS = "…"
@@ -35,8 +36,10 @@ URL_PATH = re.compile(r"localhost:8000(/[^\s'\"?]*)")
 # Kept in the docs on purpose: each kind of request and answer the API has (a guard against deleting them).
 MODEL = "/v1/models/efficientnet_lite0"
 COVERED_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/models", MODEL, f"{MODEL}/features",
-                 f"{MODEL}/labels", f"{MODEL}/layers/stem/filters.png", f"{MODEL}/layers/stride8/maps.png"}  # fmt: skip
+                 f"{MODEL}/labels", f"{MODEL}/layers/stem/filters.png", f"{MODEL}/layers/stride8/maps.png",
+                 f"{MODEL}/search", "/v1/index"}  # fmt: skip
 COVERED_STATUSES = {200, 400, 404, 413, 415, 422}
+INDEXED_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # the index docs/search.md's examples search
 
 
 # ------------------------------------------------------------------------------------------ reading the docs
@@ -334,9 +337,18 @@ def body_mismatches(documented: str, body: bytes) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def docs_server(models_dir):
-    """The service with its default settings, as the docs describe it."""
-    instance = Server(models_dir).wait_ready()
+def docs_server(models_dir, tmp_path_factory):
+    """The service with its default settings, as the docs describe it, plus the search index that docs/search.md
+    builds: four photos (the cat among them) extracted with --index."""
+    root = tmp_path_factory.mktemp("docs_index")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in INDEXED_PHOTOS:
+        (photos / f"{name}.jpg").write_bytes(photo_jpeg(name))
+    result = cli("extract", photos, "--model", "efficientnet_lite0", "--models-dir", models_dir, "--out",
+                 root / "features", "--index", root / "search-index", "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    instance = Server(models_dir, FEATURES_INDEX=str(root / "search-index")).wait_ready()
     yield instance
     instance.stop()
 
