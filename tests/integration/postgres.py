@@ -34,24 +34,31 @@ BIN = Path(importlib.util.find_spec("pgserver").submodule_search_locations[0]) /
 @contextlib.contextmanager
 def running_postgres(tmp_path: Path) -> Iterator[str]:
     """A started server with an empty database `features`; yields its postgresql:// URL, stops it on exit."""
-    data, log = tmp_path / "pgdata", tmp_path / "postgres.log"
+    data = tmp_path / "pgdata"
     system_user = _system_user(data)
     _initdb(data, system_user)
-    port = free_port()
-    with log.open("wb") as log_file:
-        server = subprocess.Popen(
-            [BIN / "postgres", "-D", data, "-c", "listen_addresses=127.0.0.1", "-p", str(port),
-             "-c", "unix_socket_directories="],
-            user=system_user, stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    server, address = _start(data, system_user, tmp_path / "postgres.log")
     try:
-        admin = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/postgres"
-        _wait_ready(server, admin, log)
-        with psycopg.connect(admin, autocommit=True) as connection:
+        with psycopg.connect(f"postgresql://{USER}:{PASSWORD}@{address}/postgres", autocommit=True) as connection:
             connection.execute(f"CREATE DATABASE {DATABASE}")
-        yield f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}"
+        yield f"postgresql://{USER}:{PASSWORD}@{address}/{DATABASE}"
     finally:
         stop(server)
+
+
+def _start(data: Path, system_user: str | None, log: Path) -> tuple[subprocess.Popen, str]:
+    """postgres ready on 127.0.0.1:PORT; a port taken between its choice and postgres' bind is chosen again."""
+    for _ in range(3):
+        address = f"127.0.0.1:{free_port()}"
+        with log.open("wb") as log_file:
+            server = subprocess.Popen(
+                [BIN / "postgres", "-D", data, "-c", "listen_addresses=127.0.0.1", "-p", address.split(":")[1],
+                 "-c", "unix_socket_directories="],
+                user=system_user, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        if _wait_ready(server, f"postgresql://{USER}:{PASSWORD}@{address}/postgres", log):
+            return server, address
+    raise RuntimeError(f"postgres exited with status {server.returncode}:\n{log.read_text()}")
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -96,17 +103,17 @@ def _initdb(data: Path, system_user: str | None) -> None:
         raise RuntimeError(f"initdb failed with status {result.returncode}:\n{result.stdout}{result.stderr}")
 
 
-def _wait_ready(server: subprocess.Popen, url: str, log: Path) -> None:
-    """Poll a connection (a running postmaster may still be recovering or starting) up to READY_WITHIN seconds."""
+def _wait_ready(server: subprocess.Popen, url: str, log: Path) -> bool:
+    """Poll a connection up to READY_WITHIN seconds (a started postmaster still recovers or starts up); False when
+    postgres exited instead."""
     deadline = time.monotonic() + READY_WITHIN
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"postgres exited with status {server.returncode}:\n{log.read_text()}")
+    while server.poll() is None:
         try:
             psycopg.connect(url, connect_timeout=5).close()
-            return
+            return True
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
                 stop(server)
                 raise RuntimeError(f"postgres not ready within {READY_WITHIN}s:\n{log.read_text()}") from None
             time.sleep(0.05)
+    return False
