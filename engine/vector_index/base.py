@@ -59,6 +59,30 @@ def describe_difference(found: CollectionSpec, wanted: CollectionSpec) -> str:
     return ""
 
 
+def check_vectors(spec: CollectionSpec, paths: list[str], fingerprints: list[str], vectors: dict) -> list[np.ndarray]:
+    """The layers' arrays in the spec's order; refuses what no back end can store (wrong shapes, NaN, a path twice)."""
+    if set(vectors) != set(spec.layers):
+        raise InvalidInput(f"vectors for layers {sorted(vectors)}, the collection has {list(spec.layers)}")
+    if len(fingerprints) != len(paths) or len(set(paths)) != len(paths):
+        raise InvalidInput(f"{len(paths)} paths (each once) need as many fingerprints, not {len(fingerprints)}")
+    arrays = []
+    for name, dim in spec.layers.items():
+        array = np.asarray(vectors[name])
+        if array.shape != (len(paths), dim):
+            raise InvalidInput(f"layer {name}: vectors of shape {array.shape}, expected {(len(paths), dim)}")
+        if not np.isfinite(array).all():
+            raise InvalidInput(f"layer {name}: vectors hold NaN or infinite values")
+        arrays.append(array)
+    return arrays
+
+
+def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    queries = np.asarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise InvalidInput(f"query vectors of shape {queries.shape}, the layer's vectors have {dim} values")
+    return queries
+
+
 def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be a whole number from 1 to {MAX_K}, not {k!r}", limit=MAX_K)

@@ -28,6 +28,8 @@ from engine.vector_index.base import (
     VectorIndex,
     Writer,
     check_k,
+    check_queries,
+    check_vectors,
     collection_name,
     describe_difference,
 )
@@ -142,7 +144,7 @@ class EmbeddedIndex(VectorIndex):
         spec, generation = _spec(*row[:5]), row[5]
         if layer not in spec.layers:
             raise UnknownName(f"layer {layer!r} is not in the index collection {name}", valid=list(spec.layers))
-        queries = _check_queries(queries, spec.layers[layer])
+        queries = check_queries(queries, spec.layers[layer])
         view = self._view(name, list(spec.layers).index(layer), generation)
         if view is None:  # an empty collection
             return [[] for _ in queries]
@@ -276,10 +278,11 @@ class _EmbeddedWriter(Writer):
         self.db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
 
     def add(self, paths: list[str], fingerprints: list[str], vectors: dict[str, np.ndarray]) -> None:
-        if set(vectors) != set(self.spec.layers):
-            raise InvalidInput(f"vectors for layers {sorted(vectors)}, the collection has {list(self.spec.layers)}")
+        arrays = check_vectors(self.spec, paths, fingerprints, vectors)
+        if not paths:
+            return
         self.remove(paths)
-        self.changed = self.changed or bool(paths)
+        self.changed = True
         ids = []
         for path, fingerprint in zip(paths, fingerprints, strict=True):
             cursor = self.db.execute(
@@ -288,12 +291,8 @@ class _EmbeddedWriter(Writer):
             )
             ids.append(cursor.lastrowid)
         keys = np.asarray(ids, dtype=np.uint64)
-        for layer, (name, dim) in zip(self.layers, self.spec.layers.items(), strict=True):
-            array = np.asarray(vectors[name], dtype=np.float32)
-            if array.shape != (len(paths), dim):
-                raise InvalidInput(f"layer {name}: vectors of shape {array.shape}, expected {(len(paths), dim)}")
-            if len(keys):
-                layer.add(keys, array)
+        for layer, array in zip(self.layers, arrays, strict=True):
+            layer.add(keys, np.asarray(array, dtype=np.float32))
 
     def commit(self) -> None:
         if self.done:
@@ -328,13 +327,6 @@ class _EmbeddedWriter(Writer):
 
 def _spec(model: str, model_sha256: str, pooling: str, layers: str, source: str) -> CollectionSpec:
     return CollectionSpec(model, model_sha256, pooling, {name: int(dim) for name, dim in json.loads(layers)}, source)
-
-
-def _check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    queries = np.asarray(queries, dtype=np.float32)
-    if queries.ndim != 2 or queries.shape[1] != dim:
-        raise InvalidInput(f"query vectors of shape {queries.shape}, the layer's vectors have {dim} values")
-    return queries
 
 
 def _layer_file(folder: Path, name: str, generation: int, position: int) -> Path:

@@ -25,6 +25,8 @@ from engine.vector_index.base import (
     VectorIndex,
     Writer,
     check_k,
+    check_queries,
+    check_vectors,
     collection_name,
     describe_difference,
 )
@@ -166,7 +168,7 @@ class PgVectorIndex(VectorIndex):
             with cursor.connection.transaction():  # the catalogue and the vectors of one moment; SET LOCAL
                 spec = self._searched(cursor, name, layer)
                 dim = spec.layers[layer]
-                rows = _check_queries(queries, dim)
+                rows = check_queries(queries, dim)
                 table = _layer_table(name, list(spec.layers).index(layer))
                 cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(_ef_search(k)),))
                 return [_nearest(cursor, table, dim, row, k) for row in rows]
@@ -308,7 +310,7 @@ class _PgWriter(Writer):
             )
 
     def add(self, paths: list[str], fingerprints: list[str], vectors: dict[str, np.ndarray]) -> None:
-        arrays = _check_vectors(self.spec, paths, fingerprints, vectors)
+        arrays = check_vectors(self.spec, paths, fingerprints, vectors)
         if not paths:
             return
         self.remove(paths)
@@ -434,27 +436,3 @@ def nearest_statement(table: str, dim: int) -> sql.Composed:
 
 def _ef_search(k: int) -> int:
     return min(EF_SEARCH_MAX, max(EF_SEARCH, 2 * k))
-
-
-def _check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    queries = np.asarray(queries, dtype=np.float32)
-    if queries.ndim != 2 or queries.shape[1] != dim:
-        raise InvalidInput(f"query vectors of shape {queries.shape}, the layer's vectors have {dim} values")
-    return queries
-
-
-def _check_vectors(spec: CollectionSpec, paths: list[str], fingerprints: list[str], vectors: dict) -> list[np.ndarray]:
-    """The layers' arrays in the spec's order, refusing what the tables would (wrong shapes, NaN, a path twice)."""
-    if set(vectors) != set(spec.layers):
-        raise InvalidInput(f"vectors for layers {sorted(vectors)}, the collection has {list(spec.layers)}")
-    if len(fingerprints) != len(paths) or len(set(paths)) != len(paths):
-        raise InvalidInput(f"{len(paths)} paths (each once) need as many fingerprints, not {len(fingerprints)}")
-    arrays = []
-    for name, dim in spec.layers.items():
-        array = np.asarray(vectors[name])
-        if array.shape != (len(paths), dim):
-            raise InvalidInput(f"layer {name}: vectors of shape {array.shape}, expected {(len(paths), dim)}")
-        if not np.isfinite(array).all():
-            raise InvalidInput(f"layer {name}: vectors hold NaN or infinite values")
-        arrays.append(array)
-    return arrays

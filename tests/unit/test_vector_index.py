@@ -149,6 +149,11 @@ def test_writer_input_is_checked(tmp_path):
             writer.add(["a.jpg"], ["1:1"], {"low": np.zeros((1, 8))})
         with pytest.raises(InvalidInput, match="shape"):
             writer.add(["a.jpg"], ["1:1"], {"low": np.zeros((1, 7)), "high": np.zeros((1, 24))})
+        with pytest.raises(InvalidInput, match="each once"):
+            writer.add(["a.jpg", "a.jpg"], ["1:1", "1:1"], _vectors(2))
+        with pytest.raises(InvalidInput, match="NaN"):
+            writer.add(["a.jpg"], ["1:1"], {"low": np.full((1, 8), np.nan), "high": np.zeros((1, 24))})
+    assert index.count("tiny", "avg") == 0
 
 
 def test_search_refusals_name_what_is_valid(tmp_path):
