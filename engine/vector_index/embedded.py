@@ -41,6 +41,7 @@ CONNECTIVITY = 16
 EXPANSION_ADD = 128
 EXPANSION_SEARCH = 64  # the smallest measured to reach recall@10 >= 0.95; raised to 2k for larger k
 BUSY_TIMEOUT_S = 60  # a second writer waits this long for the first one's commit
+SQL_VARIABLES = 900  # ids per statement: under SQLite's oldest limit of 999 bound variables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -85,15 +86,24 @@ class EmbeddedIndex(VectorIndex):
             connection = sqlite3.connect(self.folder / DATABASE, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
             raise Unavailable(f"cannot open the index {self.target}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise Misconfigured(f"the index {self.target} is damaged ({exc}); rebuild it with --index") from None
         self._local.connection = connection
         return connection
 
     def _query(self, sql: str, parameters=()) -> list[tuple]:
         """Rows of a read; none while the index does not exist yet (no extraction has written it)."""
         db = self._db()
-        return db.execute(sql, parameters).fetchall() if db is not None else []
+        if db is None:
+            return []
+        try:
+            return db.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as exc:  # locked past the timeout, out of file handles, ...: not now
+            raise Unavailable(f"cannot read the index {self.target}: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # a damaged file: the operator must rebuild it
+            raise Misconfigured(f"the index {self.target} is damaged ({exc}); rebuild it with --index") from None
 
     def _row(self, name: str) -> tuple | None:
         sql = "SELECT model, model_sha256, pooling, layers, source, generation FROM collections WHERE name = ?"
@@ -164,10 +174,12 @@ class EmbeddedIndex(VectorIndex):
         ]
 
     def _paths(self, ids: list[int]) -> dict[int, str]:
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        return dict(self._query(f"SELECT id, path FROM entries WHERE id IN ({marks})", ids))
+        paths = {}
+        for start in range(0, len(ids), SQL_VARIABLES):  # 32 images x k = 1000 is more than one statement takes
+            chunk = ids[start : start + SQL_VARIABLES]
+            marks = ",".join("?" * len(chunk))
+            paths.update(self._query(f"SELECT id, path FROM entries WHERE id IN ({marks})", chunk))
+        return paths
 
     def _view(self, name: str, position: int, generation: int):
         """The layer's index of this generation, memory-mapped once per worker and generation."""
@@ -176,9 +188,12 @@ class EmbeddedIndex(VectorIndex):
             if cached and cached[0] == generation:
                 return cached[1]
             path = _layer_file(self.folder, name, generation, position)
-            view = _usearch().restore(path, view=True) if generation else None  # generation 0: never written
-            if generation and view is None:
+            if generation and not path.is_file():
                 raise FileNotFoundError(path)
+            try:
+                view = _usearch().restore(path, view=True) if generation else None  # generation 0: never written
+            except (RuntimeError, ValueError) as exc:
+                raise Misconfigured(f"the index file {path} is damaged ({exc}); rebuild it with --index") from None
             self._views[(name, position)] = (generation, view)
             return view
 
@@ -257,8 +272,8 @@ class _EmbeddedWriter(Writer):
 
     def _ids(self, paths: list[str]) -> list[int]:
         found = []
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
+        for start in range(0, len(paths), SQL_VARIABLES):
+            chunk = paths[start : start + SQL_VARIABLES]
             marks = ",".join("?" * len(chunk))
             found += [
                 row[0]

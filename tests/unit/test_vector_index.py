@@ -182,7 +182,7 @@ def test_readers_during_a_commit_get_whole_answers_from_one_generation(tmp_path)
         while not stop.is_set():
             try:
                 answers.append(reader.search("tiny", "avg", "high", new["high"][:2], 3))
-            except Exception as exc:  # noqa: BLE001 (any failure is the finding)
+            except Exception as exc:  # any failure is the finding
                 errors.append(exc)
 
     threads = [threading.Thread(target=read) for _ in range(2)]
@@ -249,3 +249,25 @@ def test_collection_and_layers_of_a_search(tmp_path, tiny_manifest):
         pass
     with pytest.raises(Conflict, match="not comparable"):
         collection_for(index, tiny_manifest, "max")
+
+
+def test_a_damaged_index_is_a_clear_error_not_a_crash(tmp_path):
+    from engine.errors import Misconfigured
+
+    index = open_index(str(tmp_path / "ix"))
+    _fill(index)
+    index.close()  # the last connection checkpoints the WAL into the database file
+    (tmp_path / "ix" / FILES / "tiny_avg" / "1" / "0.usearch").write_bytes(b"not an index" * 100)
+    with pytest.raises(Misconfigured, match="is damaged"):
+        open_index(str(tmp_path / "ix")).search("tiny", "avg", "low", _vectors(1)["low"], 3)
+    (tmp_path / "ix" / DATABASE).write_bytes(b"not a database" * 1000)
+    with pytest.raises(Misconfigured, match="is damaged"):
+        open_index(str(tmp_path / "ix")).collections()
+
+
+def test_many_queries_at_a_large_k_are_answered_whole(tmp_path):
+    """32 images x k = 1000 neighbours: more ids than one SQLite statement binds."""
+    index = open_index(str(tmp_path / "ix"))
+    _fill(index, count=1200)
+    found = index.search("tiny", "avg", "low", _vectors(32, seed=3)["low"], 1000)
+    assert [len(neighbours) for neighbours in found] == [1000] * 32
