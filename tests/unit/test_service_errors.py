@@ -20,7 +20,16 @@ import service
 from engine.batcher import BatcherClosed
 from engine.conv_filters import NoImageFilters
 from engine.decode_budget import DecodeBusy, ImageTooCostly
-from engine.errors import FeaturesError, InvalidInput, Misconfigured, TooLarge, Unavailable, UnknownName, Unprocessable
+from engine.errors import (
+    Conflict,
+    FeaturesError,
+    InvalidInput,
+    Misconfigured,
+    TooLarge,
+    Unavailable,
+    UnknownName,
+    Unprocessable,
+)
 from engine.images import ImageError
 from engine.manifest import ManifestError
 from engine.runtime import RuntimeClosed
@@ -220,8 +229,9 @@ def test_a_full_decode_budget_and_a_closed_batcher_answer_503_with_retry_after(t
 
 # --- the one table ----------------------------------------------------------------------------------------------
 
-KINDS = {InvalidInput: 400, Unauthorized: 401, UnknownName: 404, TooLarge: 413, UnsupportedMediaType: 415,
-         Unprocessable: 422, Misconfigured: 500, Unavailable: 503, FeaturesError: 500}  # fmt: skip
+KINDS = {InvalidInput: 400, Unauthorized: 401, UnknownName: 404, Conflict: 409, TooLarge: 413,
+         UnsupportedMediaType: 415, Unprocessable: 422, Misconfigured: 500, Unavailable: 503,
+         FeaturesError: 500}  # fmt: skip
 # every error the core and the HTTP edge define, by the status its kind gives it
 ERRORS = {NoImageFilters: 400, ImageTooCostly: 413, ImageError: 422, ManifestError: 500, SettingsError: 500,
           DecodeBusy: 503, BatcherClosed: 503, RuntimeClosed: 503}  # fmt: skip
