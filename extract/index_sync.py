@@ -19,7 +19,7 @@ from extract.errors import UsageError
 from extract.plan import Plan
 from extract.writers import finished_index, finished_matrices
 
-ADD_BLOCK = 4096  # rows read from the output files and added per step: bounded memory at any size
+ADD_BLOCK = 4096  # rows read from the .npy files (memory-mapped) and added per step
 
 
 def check_indexable(plan: Plan) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.settings import Settings
 from extract import extras
 from extract.errors import UsageError
+from extract.index_sync import check_indexable, sync_index
 from extract.inputs import list_sources
 from extract.plan import local_model, make_plan
 from extract.writers import JobOutput, fingerprint
@@ -74,8 +75,6 @@ def run(
         info = local_model(settings.models_dir, model)
     plan = make_plan(sources, info, levels, layers, pooling, dtype, format)
     if index:
-        from extract.index_sync import check_indexable
-
         check_indexable(plan)
     output = JobOutput(Path(out), plan, [fingerprint(path) for path in sources], update or bool(index))
     state = output.open(overwrite)
@@ -116,11 +115,7 @@ def run(
 
 
 def _sync(index: str | None, out, plan, overwrite: bool) -> dict | None:
-    if not index:
-        return None
-    from extract.index_sync import sync_index
-
-    return sync_index(index, Path(out), plan, replace=overwrite)
+    return sync_index(index, Path(out), plan, replace=overwrite) if index else None
 
 
 def _check_numbers(batch_size: int, workers: int | None) -> None:

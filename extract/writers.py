@@ -211,8 +211,9 @@ class JobOutput:
         """Rows into the matrices by position (unless `copied` there already), flushed to disk; then the journal
         line, fsync'ed."""
         if len(result.rows):
-            for matrix, array in zip(self.matrices, [] if copied else result.arrays, strict=not copied):
-                matrix[result.rows] = array
+            if not copied:
+                for matrix, array in zip(self.matrices, result.arrays, strict=True):
+                    matrix[result.rows] = array
             for matrix in self.matrices:
                 matrix.flush()
         rows = np.concatenate([np.asarray(result.rows, dtype=np.int64), [row for row, _ in result.failed]])
@@ -297,7 +298,7 @@ def finished_index(out: Path) -> dict[str, tuple[int, str]]:
 
 
 def finished_matrices(out: Path, plan: Plan) -> list[np.ndarray]:
-    """Each layer's finished rows: the .npy files memory-mapped, or the Parquet columns as arrays."""
+    """Each layer's finished rows: the .npy files memory-mapped (read as used), or the Parquet columns read whole."""
     if plan.format == "parquet":
         from extract.parquet import read_features
 
