@@ -7,7 +7,7 @@ of one query as a request makes it (one query vector, one thread, the index memo
 The vectors: real average-pooled EfficientNet-Lite0 embeddings of crops and flips of scikit-image photos fix the
 distribution; `--count` vectors are then drawn from a Gaussian with the real ones' mean and covariance, so the
 index sees the spectrum (the intrinsic dimension) of real embeddings at a size this machine has no photos for.
-Recall is measured for queries drawn the same way and for the real embeddings themselves. --quick: 10,000
+Recall is measured for queries drawn the same way and for the real embeddings themselves. --quick: 5,000
 vectors and fewer queries, to check the harness. Results: search.json and search.md in --out.
 """
 
@@ -48,11 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=100_000, help="vectors in the index")
     parser.add_argument("--queries", type=int, default=1000, help="timed single queries")
     parser.add_argument("--views", type=int, default=900, help="real crops and flips that fix the distribution")
-    parser.add_argument("--quick", action="store_true", help="10,000 vectors, 200 queries, 300 views")
+    parser.add_argument("--quick", action="store_true", help="5,000 vectors, 100 queries, 160 views")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     if args.quick:
-        args.count, args.queries, args.views = 10_000, 200, 300
+        args.count, args.queries, args.views = 5_000, 100, 160
     return args
 
 
