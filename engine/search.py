@@ -84,10 +84,13 @@ def indexed_layers(manifest: Manifest, spec: CollectionSpec, options: FeatureOpt
     return chosen
 
 
-def search(
-    runtime, manifest: Manifest, batch: np.ndarray, index: VectorIndex, options: SearchOptions
-) -> list[dict[str, dict[str, list[Neighbour]]]]:
-    """Per input: {level: {layer: neighbours, best first}}."""
+@dataclass(frozen=True)
+class SearchAnswer:
+    collection: CollectionSpec  # the collection searched
+    results: list[dict[str, dict[str, list[Neighbour]]]]  # per input: {level: {layer: neighbours, best first}}
+
+
+def search(runtime, manifest: Manifest, batch: np.ndarray, index: VectorIndex, options: SearchOptions) -> SearchAnswer:
     pooling = options.features.pooling
     spec = collection_for(index, manifest, pooling)
     layers = indexed_layers(manifest, spec, options.features)
@@ -97,4 +100,4 @@ def search(
         found = index.search(manifest.name, pooling, layer.name, array.reshape(len(batch), -1), options.k)
         for result, neighbours in zip(results, found, strict=True):
             result.setdefault(layer.level, {})[layer.name] = neighbours
-    return results
+    return SearchAnswer(spec, results)

@@ -81,7 +81,7 @@ def _search_here(args: argparse.Namespace, settings: Settings, raw: dict) -> lis
             results = []
             for path in args.images:
                 tensor = _load(path, manifest.preprocess, settings)
-                (found,) = search(model.runtime, manifest, tensor[None], index, options)
+                (found,) = search(model.runtime, manifest, tensor[None], index, options).results
                 results.append({"name": str(path), "neighbours": _plain(found)})
         finally:
             model.runtime.close()

@@ -42,15 +42,14 @@ def search_images(model_name: str):
     options = parse_search_options(raw_options)
     with model.batcher.expecting():
         batch = decode(inputs, model)
-        results = search(model.batcher, model.manifest, batch, index, options)
+        answer = search(model.batcher, model.manifest, batch, index, options)
     metrics.IMAGES.labels(model.name).inc(len(inputs))
-    collection = index.collection(model.name, options.features.pooling)
     body = {
         "model": model.name,
         "sha256": model.manifest.onnx.sha256,
         "precision": model.manifest.precision,
         "provider": model.runtime.provider,
-        "index": {"collection": collection.name, "entries": index.count(model.name, options.features.pooling)},
+        "index": {"collection": answer.collection.name, "entries": index.count(model.name, options.features.pooling)},
         "options": {
             "levels": list(options.features.levels),
             "layers": list(options.features.layers) if options.features.layers else None,
@@ -66,7 +65,7 @@ def search_images(model_name: str):
                     for level, layers in result.items()
                 },
             }
-            for i, (item, result) in enumerate(zip(inputs, results, strict=True))
+            for i, (item, result) in enumerate(zip(inputs, answer.results, strict=True))
         ],
         "timings_ms": {"total": round((time.perf_counter() - started) * 1e3, 3)},
     }
