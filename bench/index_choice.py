@@ -40,8 +40,11 @@ SEED = 20240611
 K = 10
 TARGET = 0.95  # recall@10 the search-time parameter is tuned to reach
 BUILD_THREADS = 2  # the machine's cores; queries run on 1 thread
+I8_MAX_DIM = 256
 LANCE_PARTITIONS = 8  # lancedb IVF_HNSW_SQ: its default (1 partition per 1M rows) builds one graph on one thread
 NOTES = [
+    "usearch i8 runs on the 112-d layer only; in a first full run of this script it also ran at 1280-d: build 51 s, "
+    "recall@10 0.865 (Gaussian) / 0.905 (real) at expansion_search 512, p50 3.6 ms: below the target at any setting.",
     "Timings are wall-clock on a shared 2-core machine with other jobs running: compare rows within one run.",
     "open_s is with a warm page cache (the files were just written); a cold open also reads them from disk.",
     "p50/p95: one query per call on one thread (faiss omp_set_num_threads(1), usearch threads=1, hnswlib "
@@ -563,25 +566,56 @@ def latency(timings: list[list[float]]) -> dict:
     }
 
 
-def concurrency(candidate, handle, queries: np.ndarray, threads: int = 4) -> dict:
-    """`threads` Python threads sharing one opened index (as Flask threads would): same answers as one thread?
-    speed-up = sequential wall time / concurrent wall time (1.0: serialised, e.g. by the GIL; ~2: both cores)."""
+def concurrency(candidate, handle, queries: np.ndarray) -> dict:
+    """Python threads sharing one opened index, as a gunicorn worker's request threads would.
+
+    same_results: 2 and 8 threads return exactly what one thread does. speedup_2_threads: sequential wall time /
+    wall time with 2 threads (the cores): ~2 when searches run in parallel, ~1 when they run one at a time.
+    python_keeps_pct: the share of its solo speed a pure-Python loop keeps while another thread searches (~100:
+    the search releases the GIL; see gil_control_pct in the settings for a call that holds it)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def search(query: np.ndarray) -> np.ndarray:
+        return candidate.search_one(handle, query)
+
     started = time.perf_counter()
-    sequential = [candidate.search_one(handle, query) for query in queries]
+    sequential = [search(query) for query in queries]
     sequential_s = time.perf_counter() - started
-    with ThreadPoolExecutor(threads) as pool:
-        started = time.perf_counter()
-        concurrent = list(pool.map(lambda query: candidate.search_one(handle, query), queries))
-        concurrent_s = time.perf_counter() - started
-    same = all(np.array_equal(a, b) for a, b in zip(sequential, concurrent, strict=True))
+    same, speedup = True, None
+    for threads in (2, 8):
+        with ThreadPoolExecutor(threads) as pool:
+            started = time.perf_counter()
+            concurrent = list(pool.map(search, queries))
+            elapsed = time.perf_counter() - started
+        same = same and all(np.array_equal(a, b) for a, b in zip(sequential, concurrent, strict=True))
+        speedup = speedup or round(sequential_s / elapsed, 2)
     return {
-        "threads": threads,
         "queries": len(queries),
         "same_results": same,
-        "speedup": round(sequential_s / concurrent_s, 2),
+        "speedup_2_threads": speedup,
+        "python_keeps_pct": python_keeps(lambda: [search(query) for query in queries[:200]]),
     }
+
+
+def python_keeps(work) -> int:
+    """Percentage of its solo speed a pure-Python counting loop keeps while `work` runs in another thread."""
+    import threading
+
+    def count(stop: threading.Event) -> float:
+        started, n = time.perf_counter(), 0
+        while not stop.is_set():
+            n += 1
+        return n / (time.perf_counter() - started)
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    solo = count(stop)
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: (work(), stop.set()))
+    worker.start()
+    beside = count(stop)
+    worker.join()
+    return round(100 * beside / solo)
 
 
 def removal_ids(truth: np.ndarray, count: int = 1_000) -> np.ndarray:
@@ -706,7 +740,7 @@ def evaluate(candidate, data: dict) -> dict:
         else:
             row["at_default"] = _at_setting(candidate, handle, candidate.default, data, cap)
         candidate.configure(handle, row["target_value"])
-        row["concurrency"] = concurrency(candidate, handle, gaussian[: min(200, cap or 200)])
+        row["concurrency"] = concurrency(candidate, handle, gaussian[:cap])
         if isinstance(candidate, Lancedb):
             found, timings = candidate.brute_force(directory, gaussian[:10])
             row["brute_force"] = {"recall_gaussian": recall(found, data["gt_gaussian"]), **latency(timings)}
@@ -730,6 +764,8 @@ def machine_facts() -> dict:
     import apsw
 
     versions["sqlite (apsw)"] = apsw.sqlite_lib_version()
+    import sqlite3
+
     return {
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
@@ -738,6 +774,7 @@ def machine_facts() -> dict:
         "platform": platform.platform(),
         "versions": versions,
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        "stdlib_sqlite3_can_load_extensions": hasattr(sqlite3.Connection, "enable_load_extension"),
     }
 
 
@@ -751,8 +788,80 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def candidates() -> list:
-    return [Usearch("f32"), Usearch("f16"), Usearch("i8"), Faiss(), Hnswlib(), Lancedb(), SqliteVec()]
+# Facts that are not measured here: wheel sizes (pip download --only-binary=:all: --no-deps, cp311 manylinux
+# x86_64, 2026-11-26), the month of the installed (latest) release on PyPI, and what each library's docs or
+# source say about searching one loaded index from several threads. `libraries()` adds the measured part.
+LIBRARY_FACTS = {
+    "usearch": {
+        "wheel_mb": {"usearch": 2.3, "numkong (required)": 10.6},
+        "latest_release": "2026-10",
+        "thread_safety": "Index.add/search docstrings (2.26.6): 'threads: Workers for this call; ... Use 1 with an "
+        "outer worker pool', so calls from the caller's own threads are expected; no further promise found. "
+        "Each row's `concurrency` shows what happens. add/remove need a lock; a view is read-only.",
+        "maintenance": "active: frequent releases, binary manylinux wheels",
+        "sources": [
+            "usearch/index.py (2.26.6) Index.add and Index.search docstrings",
+        ],
+    },
+    "faiss-cpu": {
+        "wheel_mb": {"faiss-cpu": 18.8},
+        "latest_release": "2026-09",
+        "thread_safety": "Documented: 'Faiss CPU indices are thread-safe for concurrent searches, and other "
+        "operations that do not change the index'; changes need mutual exclusion. Search releases the GIL; "
+        "OpenMP threads per search must be set to 1 (OMP_NUM_THREADS) for request threads.",
+        "maintenance": "active (Meta), binary wheels",
+        "sources": ["faiss wiki: Threads and asynchronous calls"],
+    },
+    "hnswlib": {
+        "wheel_mb": {"hnswlib": None},
+        "latest_release": "2023-12",
+        "thread_safety": "Documented: knn_query is thread-safe with other knn_query calls but not with add_items; "
+        "set_ef changes one shared field (set it once, not per request); knn_query releases the GIL.",
+        "maintenance": "stalled: last release 0.8.0 (December 2023); no binary wheel on PyPI, so installing it "
+        "compiles C++ (a compiler in the image)",
+        "sources": ["github.com/nmslib/hnswlib README.md", "python_bindings/bindings.cpp (knnQuery_return_numpy)"],
+    },
+    "lancedb": {
+        "wheel_mb": {"lancedb": 75.2, "pyarrow (required)": 55.0},
+        "latest_release": "2026-10",
+        "thread_safety": "Queries run in its Rust runtime; its docs make no explicit promise for one Table object "
+        "shared by threads (measured below). Its docs say tables of ~100k rows rarely need an index.",
+        "maintenance": "active, large (Rust + Arrow)",
+        "sources": ["docs.lancedb.com indexing/vector-index"],
+    },
+    "sqlite-vec": {
+        "wheel_mb": {"sqlite-vec": 0.16, "apsw (here: stdlib sqlite3 cannot load extensions)": 3.7},
+        "latest_release": "2026-03 (pre-1.0)",
+        "thread_safety": "SQLite's rule: one connection per thread (done here); readers do not block each other. "
+        "vec0 is a full scan (no ANN index in 0.1.x).",
+        "maintenance": "active but pre-1.0, one author",
+        "sources": ["alexgarcia.xyz/sqlite-vec features/knn"],
+    },
+}
+
+
+def libraries() -> dict:
+    """LIBRARY_FACTS plus what the installed distributions show: their size and whether pip built them here."""
+    import importlib.metadata as metadata
+
+    out = {}
+    for package, facts in LIBRARY_FACTS.items():
+        dist = metadata.distribution(package)
+        files = [dist.locate_file(path) for path in dist.files or []]
+        tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines() if ":" in line]
+        out[package] = {
+            "version": dist.version,
+            "installed_mb": round(sum(Path(path).stat().st_size for path in files if Path(path).is_file()) / 2**20, 1),
+            "binary_wheel_from_pypi": any("manylinux" in tag for tag in tags),
+            **facts,
+        }
+    return out
+
+
+def candidates(dim: int) -> list:
+    """usearch i8 only where it is cheap (the mid layer): at 1280-d it costs ~70 s and stays far below the target."""
+    usearch = [Usearch("f32"), Usearch("f16")] + ([Usearch("i8")] if dim <= I8_MAX_DIM else [])
+    return [*usearch, Faiss(), Hnswlib(), Lancedb(), SqliteVec()]
 
 
 def describe(data: dict, count: int) -> dict:
@@ -772,11 +881,22 @@ def describe(data: dict, count: int) -> dict:
 
 def compare(count: int, only: list[str] | None = None) -> None:
     """Every candidate on every layer's dimension; the JSON is rewritten after each row."""
+    # Before faiss loads OpenMP: 1 thread in every thread that does not ask for more (the build and the recall
+    # sweeps ask for BUILD_THREADS); otherwise each request thread's single query would start a team of 2.
+    os.environ["OMP_NUM_THREADS"] = "1"
     report = {
         "what": __doc__.strip().splitlines()[0],
         "machine": machine_facts(),
-        "settings": {"k": K, "target_recall": TARGET, "build_threads": BUILD_THREADS, "query_threads": 1},
+        "settings": {
+            "k": K,
+            "target_recall": TARGET,
+            "build_threads": BUILD_THREADS,
+            "query_threads": 1,
+            "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
+            "gil_control_pct": python_keeps(lambda: [sorted(range(300_000, 0, -1)) for _ in range(40)]),
+        },
         "notes": NOTES,
+        "libraries": libraries(),
         "data": [],
         "rows": [],
     }
@@ -784,7 +904,7 @@ def compare(count: int, only: list[str] | None = None) -> None:
     for layer in LAYERS:
         data = dataset(layer, count)
         report["data"].append(describe(data, count))
-        for candidate in candidates():
+        for candidate in candidates(data["dim"]):
             if only and candidate.name not in only:
                 continue
             print(f"{layer} {data['dim']}-d {candidate.name} ...", flush=True)
