@@ -88,11 +88,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env().overridden(models_dir=args.models_dir, providers=args.providers, api_key=key)
 
 
-def _index_target(flag: str | None) -> str | None:
+def _index_target(flag: str | None, settings: Settings) -> str | None:
     """--index TARGET, or bare --index for $FEATURES_INDEX; None when not asked for."""
     if flag is None:
         return None
-    target = flag or Settings.from_env().index
+    target = flag or settings.index
     if not target:
         raise UsageError("--index needs a TARGET (a folder or a postgresql:// URL) or $FEATURES_INDEX")
     return target
@@ -102,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _log_warnings()
     try:
+        settings = _settings(args)
         summary = run(
             args.inputs,
             args.model,
             args.out,
-            settings=_settings(args),
+            settings=settings,
             levels=args.levels,
             layers=args.layers,
             pooling=args.pooling,
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             pool=args.pool,
             overwrite=args.overwrite,
             update=args.update,
-            index=_index_target(args.index),
+            index=_index_target(args.index, settings),
             progress=not args.no_progress,
         )
     except FeaturesError as exc:

@@ -8,6 +8,7 @@ from engine.features import DTYPES, ENCODINGS
 from engine.manifest import LEVELS, POOLINGS, PRECISIONS
 from engine.search import DEFAULT_K
 from engine.vector_index.base import MAX_K
+from service.search_routes import THUMBNAIL_DEFAULT, THUMBNAIL_MAX, THUMBNAIL_MIN
 
 _REF = "#/components/schemas/"
 
@@ -399,7 +400,8 @@ def _search_paths(model: dict, raw: dict) -> dict:
         "additionalProperties": False,
     }
     entry = {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-    size = {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256, "description": "longest side"}
+    size = {"type": "integer", "minimum": THUMBNAIL_MIN, "maximum": THUMBNAIL_MAX, "default": THUMBNAIL_DEFAULT,
+            "description": "longest side"}  # fmt: skip
     not_found = _problem("no index configured (FEATURES_INDEX), no such collection, layer or entry, or its file gone")
     return {
         "/v1/models/{model_name}/search": {
