@@ -310,7 +310,6 @@ function noIndex(reason) {
     " and start the service with ", element("code", {}, "FEATURES_INDEX=INDEXDIR"), ".");
 }
 
-// For each level, the deepest layer of that level (the model's `levels` lists them in depth order) in the collection.
 // Per level, the deepest indexed layer; for high, the deepest before the class scores when one is indexed:
 // logits compare predicted classes, the pooled features before them compare what the image shows.
 function searchLayers(collection) {
