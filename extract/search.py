@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import stat
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 from engine.errors import FeaturesError, InvalidInput, TooLarge, Unavailable
 from engine.exports import open_export
 from engine.features import output_name
+from engine.files import UnreadableFile, read_bounded
 from engine.images import load_tensor
 from engine.search import DEFAULT_K, collection_for, indexed_layers, parse_search_options, search
 from engine.settings import PROVIDERS, Settings, read_api_key_file
@@ -93,17 +92,11 @@ def _search_here(args: argparse.Namespace, settings: Settings, raw: dict) -> lis
 def _load(path: Path, preprocess, settings: Settings) -> np.ndarray:
     """One query image, bounded like an upload: a regular file within the body limit, decodable, within pixels."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the command
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read it ({exc.strerror})") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        status = os.fstat(handle.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise InvalidInput(f"{path}: not a regular file")
-        limit = settings.max_body_bytes
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(f"{path}: over the limit of {limit} bytes (FEATURES_MAX_BODY_BYTES)", limit=limit)
+        data = read_bounded(path, settings.max_body_bytes)
+    except TooLarge as exc:
+        raise TooLarge(f"{path}: {exc.detail} (FEATURES_MAX_BODY_BYTES)", **exc.facts) from None
+    except UnreadableFile as exc:
+        raise exc.about(str(path)) from None
     try:
         return load_tensor(data, preprocess, settings.max_pixels)
     except FeaturesError as exc:

@@ -7,19 +7,27 @@ service only reads it, and sees a newer version of a collection on its next quer
 from __future__ import annotations
 
 import io
-import os
-import stat
 import time
 
 from flask import Blueprint, Response, current_app, request
 
 from engine.errors import TooLarge, UnknownName
 from engine.features import whole_number
+from engine.files import UnreadableFile, read_bounded
 from engine.images import decode_image
 from engine.search import parse_search_options, search
 from engine.vector_index import VectorIndex
 from service import metrics
-from service.request_steps import decode, decode_budget, json_response, read_inputs, ready_model, registry
+from service.request_steps import (
+    decode,
+    decode_budget,
+    echoed_layers,
+    json_response,
+    read_inputs,
+    ready_model,
+    registry,
+    served_by,
+)
 
 search_routes = Blueprint("search", __name__)
 THUMBNAIL_DEFAULT, THUMBNAIL_MIN, THUMBNAIL_MAX = 256, 16, 1024
@@ -45,17 +53,9 @@ def search_images(model_name: str):
         answer = search(model.batcher, model.manifest, batch, index, options)
     metrics.IMAGES.labels(model.name).inc(len(inputs))
     body = {
-        "model": model.name,
-        "sha256": model.manifest.onnx.sha256,
-        "precision": model.manifest.precision,
-        "provider": model.runtime.provider,
+        **served_by(model),
         "index": {"collection": answer.collection.name, "entries": index.count(model.name, options.features.pooling)},
-        "options": {
-            "levels": list(options.features.levels),
-            "layers": list(options.features.layers) if options.features.layers else None,
-            "pooling": options.features.pooling,
-            "k": options.k,
-        },
+        "options": {**echoed_layers(options.features), "k": options.k},
         "results": [
             {
                 "index": i,
@@ -112,16 +112,10 @@ def entry_image(entry_id: int):
 
 def _read_file(path: str, limit: int) -> bytes:
     """An indexed file's bytes: a regular file within the upload limit (never a FIFO or a device to block on)."""
-    gone = f"the file of this entry ({path}) is gone or unreadable; rerun the extraction with --index to update it"
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
+        return read_bounded(path, limit)
+    except UnreadableFile:
+        gone = f"the file of this entry ({path}) is gone or unreadable; rerun the extraction with --index to update it"
         raise UnknownName(gone) from None
-    with os.fdopen(descriptor, "rb") as handle:
-        status = os.fstat(handle.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise UnknownName(gone)
-        data = handle.read(limit + 1) if status.st_size <= limit else b""
-        if status.st_size > limit or len(data) > limit:
-            raise TooLarge(f"the file of this entry ({path}) is over the limit of {limit} bytes", limit=limit)
-        return data
+    except TooLarge as exc:
+        raise TooLarge(f"the file of this entry ({path}) is {exc.detail}", **exc.facts) from None

@@ -30,6 +30,7 @@ from engine.errors import (
     UnknownName,
     Unprocessable,
 )
+from engine.files import UnreadableFile
 from engine.images import ImageError
 from engine.manifest import ManifestError
 from engine.runtime import RuntimeClosed
@@ -233,8 +234,8 @@ KINDS = {InvalidInput: 400, Unauthorized: 401, UnknownName: 404, Conflict: 409, 
          UnsupportedMediaType: 415, Unprocessable: 422, Misconfigured: 500, Unavailable: 503,
          FeaturesError: 500}  # fmt: skip
 # every error the core and the HTTP edge define, by the status its kind gives it
-ERRORS = {NoImageFilters: 400, ImageTooCostly: 413, ImageError: 422, ManifestError: 500, SettingsError: 500,
-          DecodeBusy: 503, BatcherClosed: 503, RuntimeClosed: 503}  # fmt: skip
+ERRORS = {NoImageFilters: 400, UnreadableFile: 400, ImageTooCostly: 413, ImageError: 422, ManifestError: 500,
+          SettingsError: 500, DecodeBusy: 503, BatcherClosed: 503, RuntimeClosed: 503}  # fmt: skip
 
 
 def _instance(kind: type[FeaturesError], **facts) -> FeaturesError:
