@@ -49,6 +49,9 @@ def _nullable(schema: dict) -> dict:
 
 _JSON_OPTIONS = {name: _nullable(schema) for name, schema in _OPTIONS.items()}
 _PRECISION = {"enum": list(PRECISIONS), "description": "of the export's weights and arithmetic (docs/precision.md)"}
+# what every answer computed by a model says of it (service.request_steps.served_by)
+_SERVED_BY = {"model": {"type": "string"}, "sha256": {"type": "string"}, "precision": _PRECISION,
+              "provider": {"type": "string"}}  # fmt: skip
 
 _SCHEMAS = {
     "Problem": {
@@ -137,12 +140,9 @@ _SCHEMAS = {
     },
     "FeaturesResponse": {
         "type": "object",
-        "required": ["model", "sha256", "precision", "provider", "options", "results", "timings_ms"],
+        "required": [*_SERVED_BY, "options", "results", "timings_ms"],
         "properties": {
-            "model": {"type": "string"},
-            "sha256": {"type": "string"},
-            "precision": _PRECISION,
-            "provider": {"type": "string"},
+            **_SERVED_BY,
             "options": {"type": "object"},
             "results": {
                 "type": "array",
@@ -318,12 +318,9 @@ _NEIGHBOURS = {
 _SEARCH_SCHEMAS = {
     "SearchResponse": {
         "type": "object",
-        "required": ["model", "sha256", "precision", "provider", "index", "options", "results"],
+        "required": [*_SERVED_BY, "index", "options", "results"],
         "properties": {
-            "model": {"type": "string"},
-            "sha256": {"type": "string"},
-            "precision": _PRECISION,
-            "provider": {"type": "string"},
+            **_SERVED_BY,
             "index": {
                 "type": "object",
                 "required": ["collection", "entries"],

@@ -10,6 +10,7 @@ from flask import Response, current_app, request
 
 from engine.decode_budget import DecodeBudget
 from engine.errors import Unavailable, UnknownName
+from engine.features import FeatureOptions
 from engine.inputs import Input, to_batch
 from engine.registry import LoadedModel, Registry
 from service.inputs import parse_request
@@ -19,6 +20,19 @@ RETRY_WHILE_LOADING_S = 2
 
 def json_response(body, status: int = 200) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status=status, mimetype="application/json")
+
+
+def served_by(model: LoadedModel) -> dict:
+    """What every answer computed by a model says of it: name, sha256, precision and the provider that ran."""
+    manifest = model.manifest
+    return {"model": model.name, "sha256": manifest.onnx.sha256, "precision": manifest.precision,
+            "provider": model.runtime.provider}  # fmt: skip
+
+
+def echoed_layers(options: FeatureOptions) -> dict:
+    """The layer choice a request made, echoed so that it can be sent back as it is (layers null: by level)."""
+    layers = list(options.layers) if options.layers else None
+    return {"levels": list(options.levels), "layers": layers, "pooling": options.pooling}
 
 
 def registry() -> Registry:

@@ -12,7 +12,16 @@ from engine.features import extract, parse_options, select_layers
 from engine.registry import LoadedModel
 from service import metrics
 from service.openapi import openapi_document
-from service.request_steps import decode, json_response, model_named, read_inputs, ready_model, registry
+from service.request_steps import (
+    decode,
+    echoed_layers,
+    json_response,
+    model_named,
+    read_inputs,
+    ready_model,
+    registry,
+    served_by,
+)
 
 api = Blueprint("api", __name__)
 
@@ -120,14 +129,9 @@ def features(model_name: str):
     computed = time.perf_counter()
     metrics.IMAGES.labels(model.name).inc(len(inputs))
     body = {
-        "model": model.name,
-        "sha256": model.manifest.onnx.sha256,
-        "precision": model.manifest.precision,
-        "provider": model.runtime.provider,
+        **served_by(model),
         "options": {
-            "levels": list(options.levels),
-            "layers": list(options.layers) if options.layers else None,
-            "pooling": options.pooling,
+            **echoed_layers(options),
             "normalize": options.normalize,
             "encoding": options.encoding,
             "dtype": options.dtype,
