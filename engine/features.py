@@ -1,4 +1,4 @@
-"""The core of a feature request, free of HTTP: options -> layers -> ONNX outputs -> normalised, encoded arrays.
+"""The core of a feature request, free of HTTP: options -> layers -> ONNX outputs -> the answer (engine/answers.py).
 
 Shared by the web app and the batch extractor. Pooled vectors come from the graph's own pooled outputs;
 full maps are fetched only for pooling=none.
@@ -6,17 +6,18 @@ full maps are fetched only for pooling=none.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine.answers import Features, Tensor, prepare, top_classes
 from engine.errors import InvalidInput, UnknownName, Unprocessable
 from engine.manifest import LEVELS, POOLINGS, Layer, Manifest
 
 ENCODINGS = ("json", "base64")
 DTYPES = ("float32", "float16")
-OPTION_NAMES = ("levels", "layers", "pooling", "normalize", "encoding", "dtype")
+OPTION_NAMES = ("levels", "layers", "pooling", "normalize", "encoding", "dtype", "top")
+MAX_TOP = 1000
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
@@ -25,10 +26,16 @@ _FALSE = {"false", "0", "no", "off", ""}
 class FeatureOptions:
     levels: tuple[str, ...] = LEVELS
     layers: tuple[str, ...] | None = None  # overrides levels
-    pooling: str = "avg"
+    poolings: tuple[str, ...] = ("avg",)  # one or several, each answered for every layer
     normalize: bool = False
     encoding: str = "json"
     dtype: str = "float32"
+    top: int | None = None  # the k most probable classes per input, for models with labels
+
+    @property
+    def pooling(self) -> str:
+        """The pooling of a request that takes exactly one (search, batch extraction): they refuse several."""
+        return self.poolings[0]
 
 
 def _names(value, option: str) -> tuple[str, ...]:
@@ -88,13 +95,17 @@ def parse_options(raw: dict[str, object]) -> FeatureOptions:
     if "layers" in raw:
         options["layers"] = _names(raw["layers"], "layers")
     if "pooling" in raw:
-        options["pooling"] = _choice(raw["pooling"], "pooling", POOLINGS)
+        options["poolings"] = tuple(
+            dict.fromkeys(_choice(pooling, "pooling", POOLINGS) for pooling in _names(raw["pooling"], "pooling"))
+        )
     if "normalize" in raw:
         options["normalize"] = _flag(raw["normalize"], "normalize")
     if "encoding" in raw:
         options["encoding"] = _choice(raw["encoding"], "encoding", ENCODINGS)
     if "dtype" in raw:
         options["dtype"] = _choice(raw["dtype"], "dtype", DTYPES)
+    if "top" in raw:
+        options["top"] = whole_number(raw["top"], "top", 1, MAX_TOP)
     return FeatureOptions(**options)
 
 
@@ -117,24 +128,22 @@ def output_name(layer: Layer, pooling: str) -> str:
     return layer.outputs.get(pooling, layer.outputs["none"])
 
 
-def l2_normalise(array: np.ndarray) -> np.ndarray:
-    """Unit L2 norm along channels: per vector, or per spatial position of a [C, H, W] map."""
-    norm = np.linalg.norm(array, axis=0, keepdims=True)
-    return array / np.maximum(norm, 1e-12)
+def classifier_layer(manifest: Manifest, options: FeatureOptions) -> Layer | None:
+    """The layer whose outputs the labels index, when top classes are asked; InvalidInput when the model has no
+    labels or fewer than asked. Checked before any decoding, as the layers are."""
+    if options.top is None:
+        return None
+    if not manifest.labels or manifest.logits_layer is None:
+        raise InvalidInput(f"model {manifest.name} has no labels, so it has no top classes; leave out top")
+    if options.top > len(manifest.labels):
+        raise InvalidInput(f"option top={options.top} asks for more classes than the {len(manifest.labels)} labels")
+    return next(layer for layer in manifest.layers if layer.name == manifest.logits_layer)
 
 
-def encode_array(array: np.ndarray, options: FeatureOptions) -> dict:
-    """One layer of one input: shape, dtype and values (JSON numbers) or data (base64 little-endian)."""
-    if options.normalize:
-        array = l2_normalise(array)
-    array = np.ascontiguousarray(array, dtype=options.dtype)
-    encoded = {"shape": list(array.shape), "dtype": options.dtype}
-    if options.encoding == "base64":
-        little_endian = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        encoded["data"] = base64.b64encode(little_endian.tobytes()).decode("ascii")
-    else:
-        encoded["values"] = array  # orjson writes contiguous numpy arrays natively
-    return encoded
+def check_request(manifest: Manifest, options: FeatureOptions) -> None:
+    """Unknown layers and impossible top classes fail before any image is decoded."""
+    select_layers(manifest, options)
+    classifier_layer(manifest, options)
 
 
 def check_finite(outputs: list[np.ndarray], names: list[str]) -> None:
@@ -151,24 +160,31 @@ def check_finite(outputs: list[np.ndarray], names: list[str]) -> None:
             )
 
 
-def compute(runtime, layers: list[Layer], pooling: str, batch: np.ndarray) -> list[np.ndarray]:
-    """One array per layer, [len(batch), *shape], from one run of the outputs they need."""
-    names = [output_name(layer, pooling) for layer in layers]
+def run_outputs(runtime, names: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Each named graph output, [len(batch), …], from one run that fetches every distinct name once."""
     unique = list(dict.fromkeys(names))
     outputs = runtime.run(unique, batch)
     check_finite(outputs, unique)
-    by_name = dict(zip(unique, outputs, strict=True))
-    return [by_name[name] for name in names]
+    return dict(zip(unique, outputs, strict=True))
 
 
-def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOptions) -> list[dict[str, dict]]:
-    """Per input: {level: {layer: encoded array}} for the requested layers, in input order."""
+def compute(runtime, layers: list[Layer], pooling: str, batch: np.ndarray) -> list[np.ndarray]:
+    """One array per layer, [len(batch), *shape], from one run of the outputs they need."""
+    by_name = run_outputs(runtime, [output_name(layer, pooling) for layer in layers], batch)
+    return [by_name[output_name(layer, pooling)] for layer in layers]
+
+
+def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOptions) -> Features:
+    """The requested layers at every requested pooling (and the top classes), from one run of the graph."""
     layers = select_layers(manifest, options)
-    arrays = compute(runtime, layers, options.pooling, batch)
-    results = []
-    for index in range(len(batch)):
-        features: dict[str, dict] = {}
-        for layer, array in zip(layers, arrays, strict=True):
-            features.setdefault(layer.level, {})[layer.name] = encode_array(array[index], options)
-        results.append(features)
-    return results
+    classifier = classifier_layer(manifest, options)
+    wanted = [(layer, pooling) for pooling in options.poolings for layer in layers]
+    names = [output_name(layer, pooling) for layer, pooling in wanted]
+    if classifier is not None:
+        names.append(output_name(classifier, "none"))
+    by_name = run_outputs(runtime, names, batch)
+    tensors = [Tensor(lay, pooling, prepare(by_name[output_name(lay, pooling)], options)) for lay, pooling in wanted]
+    top = None
+    if classifier is not None:
+        top = top_classes(by_name[output_name(classifier, "none")], options.top, manifest.labels)
+    return Features(tensors, top, len(batch))

@@ -38,6 +38,8 @@ def parse_search_options(raw: dict[str, object]) -> SearchOptions:
     raw = {name: value for name, value in raw.items() if value is not None}
     k = whole_number(raw.pop("k", DEFAULT_K), "k", 1, MAX_K)
     features = parse_options(raw)
+    if len(features.poolings) > 1:
+        raise InvalidInput("search looks in one collection: give one pooling, avg or max", valid=["avg", "max"])
     if features.pooling == "none":
         raise InvalidInput("search compares vectors: pooling must be avg or max", valid=["avg", "max"])
     return SearchOptions(features, k)

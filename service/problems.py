@@ -1,5 +1,5 @@
 """The one place where errors become HTTP: a table from the core's error kinds to statuses, rendered as
-RFC 9457 problem+json, plus the two errors only HTTP has (a missing API key, a body of the wrong type).
+RFC 9457 problem+json, plus the errors only HTTP has (a missing API key, a body of the wrong type, an answer form nobody accepts).
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ class UnsupportedMediaType(FeaturesError):
     """A body in a form the endpoint does not read."""
 
 
+class NotAcceptable(FeaturesError):
+    """An Accept header naming no form the endpoint can answer in; `facts["valid"]` lists those it can."""
+
+
 STATUS_OF = {
     InvalidInput: 400,
     Unauthorized: 401,
     UnknownName: 404,
+    NotAcceptable: 406,
     TooLarge: 413,
     Conflict: 409,
     UnsupportedMediaType: 415,

@@ -32,7 +32,7 @@ def served_by(model: LoadedModel) -> dict:
 def echoed_layers(options: FeatureOptions) -> dict:
     """The layer choice a request made, echoed so that it can be sent back as it is (layers null: by level)."""
     layers = list(options.layers) if options.layers else None
-    return {"levels": list(options.levels), "layers": layers, "pooling": options.pooling}
+    return {"levels": list(options.levels), "layers": layers, "pooling": ",".join(options.poolings)}
 
 
 def registry() -> Registry:

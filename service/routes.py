@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from engine.errors import Unavailable
-from engine.features import extract, parse_options, select_layers
+from engine.features import check_request, extract, parse_options
 from engine.registry import LoadedModel
 from service import metrics
 from service.openapi import openapi_document
@@ -22,6 +22,7 @@ from service.request_steps import (
     registry,
     served_by,
 )
+from service.responses import JSON, binary_response, negotiate
 
 api = Blueprint("api", __name__)
 
@@ -118,14 +119,16 @@ def get_model(model_name: str):
 def features(model_name: str):
     started = time.perf_counter()
     model = ready_model(model_name)
+    media_type = negotiate(request)  # 406 before any work
     inputs, raw_options = read_inputs()
     options = parse_options(raw_options)
-    select_layers(model.manifest, options)  # unknown layers fail before any decoding work
+    check_request(model.manifest, options)  # unknown layers, impossible top classes: before any decoding work
     parsed = time.perf_counter()
     with model.batcher.expecting():  # lets the batcher wait for this request while it decodes
         batch = decode(inputs, model)
         decoded = time.perf_counter()
-        results = extract(model.batcher, model.manifest, batch, options)
+        answer = extract(model.batcher, model.manifest, batch, options)
+    per_input = answer.per_input(options, arrays=media_type == JSON)  # binary: the arrays travel as tensors
     computed = time.perf_counter()
     metrics.IMAGES.labels(model.name).inc(len(inputs))
     body = {
@@ -135,10 +138,11 @@ def features(model_name: str):
             "normalize": options.normalize,
             "encoding": options.encoding,
             "dtype": options.dtype,
+            "top": options.top,
         },
         "results": [
-            {"index": i, "name": item.name, "features": feats}
-            for i, (item, feats) in enumerate(zip(inputs, results, strict=True))
+            {"index": i, "name": item.name, **result}
+            for i, (item, result) in enumerate(zip(inputs, per_input, strict=True))
         ],
         "timings_ms": {
             "parse": round((parsed - started) * 1e3, 3),
@@ -147,4 +151,4 @@ def features(model_name: str):
             "total": round((computed - started) * 1e3, 3),
         },
     }
-    return json_response(body)
+    return json_response(body) if media_type == JSON else binary_response(media_type, answer, body)

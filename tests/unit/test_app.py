@@ -74,7 +74,7 @@ def test_multipart_images_all_levels_match_direct_run(client, images, tiny_sessi
     assert body["model"] == NAME and body["sha256"] == tiny_manifest.onnx.sha256
     assert [(r["index"], r["name"]) for r in body["results"]] == [(0, "cat.jpg"), (1, "rocket.jpg")]
     assert body["options"] == {"levels": ["low", "mid", "high"], "layers": None, "pooling": "avg", "normalize": False,
-                               "encoding": "json", "dtype": "float32"}  # fmt: skip
+                               "encoding": "json", "dtype": "float32", "top": None}  # fmt: skip
     assert_pooled_layers_equal(body["results"], tiny_session, tiny_manifest, [images["cat"], images["rocket"]])
 
 

@@ -7,14 +7,15 @@ import base64
 import numpy as np
 import pytest
 
+from engine.answers import encode_array, l2_normalise
 from engine.errors import InvalidInput
-from engine.features import FeatureOptions, encode_array, l2_normalise, parse_options
+from engine.features import FeatureOptions, parse_options
 from engine.settings import Settings, SettingsError
 
 
 def test_options_from_strings_lists_and_bools():
     options = parse_options({"levels": "low, high", "pooling": "MAX", "normalize": "1", "dtype": "float16"})
-    assert options == FeatureOptions(levels=("low", "high"), pooling="max", normalize=True, dtype="float16")
+    assert options == FeatureOptions(levels=("low", "high"), poolings=("max",), normalize=True, dtype="float16")
     assert parse_options({"layers": ["stem", "stem", "head"], "normalize": False}).layers == ("stem", "head")
     assert parse_options({}) == FeatureOptions()
 
