@@ -8,7 +8,8 @@ of every level:
      the int8 export at 1 and 8, and small photos only at 8;
   3. hand-written Flask + ONNX Runtime route; 4. hand-written Flask + PyTorch eager route; each swept over a
      few simple gunicorn/thread configurations (bench/baseline_sweep.py), the fastest then timed in full;
-  5. early layers only vs all levels; full maps of one low layer as JSON vs base64 float16;
+  5. early layers only vs all levels; full maps of the stem (one image's 1.6 MB) as JSON numbers, base64 float16
+     in JSON, and binary safetensors in float32 and float16 (Accept: application/x-safetensors), with answer sizes;
   6. batch extraction (python -m extract, local engine) of a folder of copies of the photos.
 Load comes from wrk in its own process. Results: results.json, results.md and chart.png in --out.
 """
@@ -34,6 +35,12 @@ MODEL = "efficientnet_lite0"
 INT8 = f"{MODEL}-int8"
 FEATURES = f"/v1/models/{MODEL}/features"
 INT8_FEATURES = f"/v1/models/{INT8}/features"
+STEM_MAP_FORMS = [  # (row name, extra query, Accept): one stem map per answer, in each form a client can ask for
+    ("json", "", ""),
+    ("base64", "&encoding=base64&dtype=float16", ""),
+    ("safetensors", "", "application/x-safetensors"),
+    ("safetensors fp16", "&dtype=float16", "application/x-safetensors"),
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,10 +125,10 @@ def run(args: argparse.Namespace) -> dict:
         for concurrency in (1, 8):
             summary = load.wrk(server.url, FEATURES + "?levels=low", bodies["raw"], concurrency, seconds)
             record("service low levels only", concurrency, "raw", summary)
-        for encoding in ("encoding=json", "encoding=base64&dtype=float16"):
-            path = f"{FEATURES}?layers=stem&pooling=none&{encoding}"
-            summary = load.wrk(server.url, path, bodies["raw"], 1, seconds)
-            record("service stem maps " + encoding.split("&")[0].split("=")[1], 1, "raw", summary)
+        for name, query, accept in STEM_MAP_FORMS:
+            path = f"{FEATURES}?layers=stem&pooling=none{query}"
+            summary = load.wrk(server.url, path, bodies["raw"], 1, seconds, accept)
+            record(f"service stem maps {name}", 1, "raw", summary)
         results["service_rss_mib_after"] = server.rss_mib()
     finally:
         server.stop()

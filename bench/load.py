@@ -61,8 +61,9 @@ def prepare_bodies(images: list[bytes], kind: str, folder: Path, fields: dict[st
     return Bodies(folder, len(images), content_type)
 
 
-def wrk(url: str, path: str, bodies: Bodies, concurrency: int, seconds: float) -> dict:
-    """Run wrk for `seconds` at `concurrency` connections; returns its summary with images/s filled in."""
+def wrk(url: str, path: str, bodies: Bodies, concurrency: int, seconds: float, accept: str = "") -> dict:
+    """Run wrk for `seconds` at `concurrency` connections (with an Accept header if given); returns its summary
+    with images/s and the mean bytes of an answer (headers included) filled in."""
     binary = shutil.which("wrk")
     if binary is None:
         raise LoadError("wrk is not installed (Debian: apt-get install wrk)")
@@ -82,6 +83,7 @@ def wrk(url: str, path: str, bodies: Bodies, concurrency: int, seconds: float) -
         bodies.content_type,
         str(bodies.folder),
         str(bodies.count),
+        accept,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCH-JSON ")), None)
@@ -94,4 +96,5 @@ def wrk(url: str, path: str, bodies: Bodies, concurrency: int, seconds: float) -
     summary["ok"] = summary["requests"] - summary["errors"]["status"]
     summary["images_per_s"] = summary["ok"] / seconds_run
     summary["failed"] = errors
+    summary["response_bytes"] = round(summary["bytes"] / summary["requests"]) if summary["requests"] else None
     return summary

@@ -79,6 +79,18 @@ def ratios(results: dict) -> dict:
         "stem_maps_base64_fp16_over_json_p50": _divide(
             p50_ms(_run(results, "service stem maps base64", 1)), p50_ms(_run(results, "service stem maps json", 1))
         ),
+        "stem_maps_safetensors_over_json_p50": _divide(
+            p50_ms(_run(results, "service stem maps safetensors", 1)),
+            p50_ms(_run(results, "service stem maps json", 1)),
+        ),
+        "stem_maps_safetensors_over_json_bytes": _divide(
+            _run(results, "service stem maps safetensors", 1)["response_bytes"] or 0,
+            _run(results, "service stem maps json", 1)["response_bytes"] or 0,
+        ),
+        "stem_maps_safetensors_fp16_over_base64_fp16_bytes": _divide(
+            _run(results, "service stem maps safetensors fp16", 1)["response_bytes"] or 0,
+            _run(results, "service stem maps base64", 1)["response_bytes"] or 0,
+        ),
         "int8_over_fp32_compute_batch8": _divide(_mean(results, "ceiling compute int8"),
                                                  _mean(results, "ceiling compute fp32")),
         "int8_over_fp32_pipelined": _divide(_run(results, "ceiling pipelined int8", 0)["images_per_s"],
@@ -116,18 +128,19 @@ def markdown(results: dict) -> str:
         f"{len(results['photos'])} JPEG photos of mixed sizes (small photos: those of at most 640 px), "
         f"{results['seconds_per_run']:g} s per run (sweep runs half that), one image per request, load from wrk.",
         "",
-        "| scenario | concurrency | body | images/s | p50 ms | p99 ms | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | concurrency | body | images/s | p50 ms | p99 ms | failed | answer bytes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["runs"]:
-        p99 = p99_ms(row)
+        p99, rate = p99_ms(row), f"{row['images_per_s']:.1f}"
         scenario = row["scenario"] + (f" ({row['photos']} photos; {row['config']})" if "photos" in row else "")
         scenario += f" ({row['config']})" if "config" in row and "photos" not in row else ""
         lines.append(
             f"| {scenario} | {row['concurrency'] or '-'} | {row['body']} | {row['images_per_s']:.1f} | "
-            f"{p50_ms(row):.1f} | {'-' if p99 is None else f'{p99:.1f}'} | {row.get('failed', 0)} |"
+            f"{p50_ms(row):.1f} | {'-' if p99 is None else f'{p99:.1f}'} | {row.get('failed', 0)} | "
+            f"{row.get('response_bytes') or '-'} |"
             if "latency_us" in row or "p50_ms" in row
-            else f"| {scenario} | {row['concurrency'] or '-'} | {row['body']} | {row['images_per_s']:.1f} | - | - | 0 |"
+            else f"| {scenario} | {row['concurrency'] or '-'} | {row['body']} | {rate} | - | - | 0 | - |"
         )
     lines += ["", "| ratio | value | target |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {verdict(name, value)} |" for name, value in results["ratios"].items()]

@@ -1,5 +1,5 @@
 -- wrk script: POST prepared bodies round-robin, print a JSON summary (latency percentiles in microseconds).
--- args: path content-type body-dir body-count
+-- args: path content-type body-dir body-count [accept]
 local bodies = {}
 local counter = 0
 local path
@@ -7,6 +7,9 @@ local path
 function init(args)
   path = args[1]
   wrk.headers["Content-Type"] = args[2]
+  if args[5] ~= nil and args[5] ~= "" then
+    wrk.headers["Accept"] = args[5]
+  end
   for i = 0, tonumber(args[4]) - 1 do
     local file = assert(io.open(args[3] .. "/" .. i .. ".body", "rb"))
     bodies[#bodies + 1] = file:read("*a")

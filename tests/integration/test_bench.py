@@ -37,6 +37,12 @@ def test_quick_benchmark_runs_every_scenario(lite0_dir, tmp_path):
     for name in ("hand-written ORT", "hand-written PyTorch", "service low levels only", "service int8",
                  "service small photos", "service int8 small photos"):  # fmt: skip
         assert (name, 8, "raw") in scenarios
+    stem_maps = {run["scenario"].removeprefix("service stem maps "): run for run in results["runs"]
+                 if run["scenario"].startswith("service stem maps ")}  # fmt: skip
+    assert set(stem_maps) == {"json", "base64", "safetensors", "safetensors fp16"}
+    sizes = {name: run["response_bytes"] for name, run in stem_maps.items() if run["requests"]}
+    if {"json", "safetensors"} <= set(sizes):  # one stem map is 32x112x112 floats: 1.6 MB raw, 3+ MB as JSON
+        assert 32 * 112 * 112 * 4 < sizes["safetensors"] < 32 * 112 * 112 * 4 + 4000 < sizes["json"]
     sweep = [run for run in results["runs"] if run["scenario"] == "hand-written ORT sweep"]
     assert {run["photos"] for run in sweep} == {"mixed", "small"} and len({run["config"] for run in sweep}) >= 4
     assert load_manifest(models / "efficientnet_lite0-int8" / "model.json").precision == "int8"
