@@ -6,8 +6,11 @@ study each build one at their entry point, and their command-line flags override
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import Misconfigured
@@ -45,7 +48,12 @@ class Settings:
     decode_budget_mb: int = 1024  # per worker: MB of image decoding at once (engine/decode_budget.py)
     decode_wait: int = 10  # seconds a decode may wait for budget before the client is told to retry (503)
     api_key: str | None = None
+    admin_key: str | None = field(default=None, repr=False)  # POST /v1/admin/reload; unset: admin calls off
     index: str | None = None  # vector index for /search: a folder or a postgresql:// URL (engine/vector_index)
+    # image URLs as inputs (service/remote_images.py): fetched at all, where else than public addresses, how long
+    url_fetch: bool = True
+    url_allow: tuple[str, ...] = ()  # CIDRs and host names allowed although private, loopback or link-local
+    url_timeout_s: float = 10.0  # for all of one request's URLs, connect to last byte, redirects included
     timeout: int = 60
     # slow clients (service/http_worker.py): a request is read in the event loop and must arrive in time
     header_timeout: int = 10  # seconds for the request line and headers, from their first byte
@@ -110,7 +118,11 @@ class Settings:
             decode_budget_mb=integer("DECODE_BUDGET_MB", defaults.decode_budget_mb, 1),
             decode_wait=integer("DECODE_WAIT", defaults.decode_wait, 0),
             api_key=_api_key(env),
+            admin_key=_secret(env, "ADMIN_KEY"),
             index=env.get("FEATURES_INDEX") or None,
+            url_fetch=_choice(env, "URL_FETCH", "on" if defaults.url_fetch else "off", ("on", "off")) == "on",
+            url_allow=_url_allow(env.get("FEATURES_URL_ALLOW", "")),
+            url_timeout_s=_seconds(env, "URL_TIMEOUT_S", defaults.url_timeout_s),
             timeout=integer("TIMEOUT", defaults.timeout, 1),
             header_timeout=integer("HEADER_TIMEOUT", defaults.header_timeout, 1),
             body_timeout=integer("BODY_TIMEOUT", defaults.body_timeout, 1),
@@ -129,12 +141,53 @@ def _choice(env, name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _seconds(env, name: str, default: float) -> float:
+    raw = env.get(f"FEATURES_{name}")
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"FEATURES_{name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"FEATURES_{name}={raw} must be a positive number of seconds")
+    return value
+
+
+def _url_allow(raw: str) -> tuple[str, ...]:
+    """FEATURES_URL_ALLOW: a comma list of networks (CIDR, or one address) and host names, each normalised
+    ("127.0.0.1" -> "127.0.0.1/32", "Images.Internal" -> "images.internal"); SettingsError names a bad entry."""
+    allowed = []
+    for entry in (part.strip().lower() for part in raw.split(",")):
+        if not entry:
+            continue
+        try:
+            allowed.append(str(ipaddress.ip_network(entry, strict=False)))
+            continue
+        except ValueError:
+            pass
+        if not HOST_NAME.fullmatch(entry.rstrip(".")) or re.fullmatch(r"[0-9./:]+", entry):
+            raise SettingsError(
+                f"FEATURES_URL_ALLOW entry {entry!r} is neither a network (e.g. 10.0.0.0/8, 127.0.0.1) nor a host name"
+            )
+        allowed.append(entry.rstrip("."))
+    return tuple(allowed)
+
+
 def _api_key(env) -> str | None:
     """FEATURES_API_KEY, or the key in the file named by FEATURES_API_KEY_FILE (Docker secrets)."""
-    if env.get("FEATURES_API_KEY"):
-        return env["FEATURES_API_KEY"]
-    path = env.get("FEATURES_API_KEY_FILE")
-    return read_api_key_file(path, "FEATURES_API_KEY_FILE") if path else None
+    return _secret(env, "API_KEY")
+
+
+def _secret(env, name: str) -> str | None:
+    """FEATURES_<name>, or the key in the file named by FEATURES_<name>_FILE (Docker secrets)."""
+    if env.get(f"FEATURES_{name}"):
+        return env[f"FEATURES_{name}"]
+    path = env.get(f"FEATURES_{name}_FILE")
+    return read_api_key_file(path, f"FEATURES_{name}_FILE") if path else None
 
 
 def read_api_key_file(path: str | os.PathLike, named: str) -> str:

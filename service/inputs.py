@@ -1,5 +1,6 @@
-"""The HTTP form of a feature request: multipart, JSON (base64 images or tensors) or a raw image body
--> the core's inputs and the raw options, counted and checked before anything is decoded.
+"""The HTTP form of a feature request: multipart, JSON (base64 images, image URLs or tensors), a raw image body or
+`url=` in the query -> the core's inputs and the raw options, counted and checked before anything is decoded
+or fetched (service/remote_images.py fetches URLs; data: URIs are decoded here).
 """
 
 from __future__ import annotations
@@ -7,39 +8,85 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from flask import Request
+from flask import Request, current_app
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from engine.errors import InvalidInput, TooLarge
+from engine.errors import FeaturesError, InvalidInput, TooLarge
 from engine.inputs import Input
+from engine.settings import Settings
+from service import remote_images
 from service.problems import UnsupportedMediaType
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 MAX_TENSOR_RANK = 8  # a model input is [C, H, W]; anything far longer is refused before any arithmetic
 TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+URL_FIELD = "url"  # multipart text field and query parameter naming an image URL (repeatable); never an option
 
 
-def parse_request(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
+@dataclass(frozen=True)
+class _Url:
+    """An input given as a URL, fetched (or, a data: URI, decoded) once the request's inputs are counted."""
+
+    url: str
+    name: str | None
+
+
+def parse_request(
+    request: Request, max_images: int, settings: Settings | None = None
+) -> tuple[list[Input], dict[str, object]]:
+    """The request's inputs, in order: the body's (multipart files, then its `url` fields), then the query's `url`s.
+
+    `settings` say whether and where URLs are fetched (None: the current app's)."""
     mimetype = request.mimetype
+    query_urls = request.args.getlist(URL_FIELD)
     if mimetype == "multipart/form-data":
         inputs, options = _multipart(request, max_images)
     elif mimetype == "application/json":
         inputs, options = _json(request, max_images)
     elif mimetype in RAW_IMAGE_TYPES:
         inputs, options = [Input(image=request.get_data(cache=False))], {}
+    elif query_urls and not request.get_data(cache=False):
+        inputs, options = [], {}  # the inputs are all in the query: no body, so any Content-Type or none
     else:
         raise UnsupportedMediaType(
             f"Content-Type {mimetype or '(none)'} is not accepted; send multipart/form-data (field 'image'), "
             f"application/json, or a raw {', '.join(RAW_IMAGE_TYPES)} body"
         )
     options = _with_query_options(request, options)
+    inputs += [_Url(url, None) for url in query_urls]
     if not inputs:
-        raise InvalidInput("the request holds no inputs; send at least one image or tensor")
+        raise InvalidInput("the request holds no inputs; send at least one image, image URL or tensor")
     _check_count(len(inputs), max_images)
-    return inputs, options
+    return _resolved(inputs, settings), options
+
+
+def _resolved(inputs: list[Input | _Url], settings: Settings | None) -> list[Input]:
+    """Every _Url as the Input of its image: data: URIs decoded, http(s) URLs fetched (all at once)."""
+    urls = {}
+    for index, item in enumerate(inputs):
+        if isinstance(item, _Url):
+            if remote_images.is_data_uri(item.url):
+                inputs[index] = Input(image=_data_uri(item.url, index), name=item.name)
+            else:
+                urls[index] = item.url
+    if urls:
+        settings = settings or current_app.extensions["registry"].settings
+        fetched = remote_images.fetch_all(urls, remote_images.UrlPolicy.from_settings(settings))
+        for index, data in fetched.items():
+            name = inputs[index].name or remote_images.default_name(urls[index])
+            inputs[index] = Input(image=data, name=name)
+    return inputs
+
+
+def _data_uri(uri: str, index: int) -> bytes:
+    try:
+        return remote_images.decode_data_uri(uri)
+    except FeaturesError as exc:
+        raise exc.about(f"inputs[{index}] ({remote_images.display(uri)})", index=index) from None
 
 
 def _check_count(count: int, max_images: int) -> None:
@@ -50,14 +97,14 @@ def _check_count(count: int, max_images: int) -> None:
 
 def _with_query_options(request: Request, body_options: dict[str, object]) -> dict[str, object]:
     """Options may come in the query string with any body; one given in both places is refused, not guessed."""
-    query = {key: ",".join(request.args.getlist(key)) for key in request.args}
+    query = {key: ",".join(request.args.getlist(key)) for key in request.args if key != URL_FIELD}
     both = sorted(set(query) & set(body_options))
     if both:
         raise InvalidInput(f"option {both[0]!r} is given both in the query string and in the body; give it once")
     return {**query, **body_options}
 
 
-def _multipart(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
+def _multipart(request: Request, max_images: int) -> tuple[list[Input | _Url], dict[str, object]]:
     try:
         files, form = request.files, request.form
     except RequestEntityTooLarge:
@@ -68,11 +115,14 @@ def _multipart(request: Request, max_images: int) -> tuple[list[Input], dict[str
     unexpected = sorted(set(files) - {"image"})
     if unexpected:
         raise InvalidInput(f"unexpected file field {unexpected[0]!r}; send images in the field 'image'")
-    uploads = files.getlist("image")
-    _check_count(len(uploads), max_images)
-    inputs = [Input(image=f.read(), name=f.filename or None) for f in uploads]
+    uploads, urls = files.getlist("image"), form.getlist(URL_FIELD)
+    _check_count(len(uploads) + len(urls), max_images)
+    inputs: list[Input | _Url] = [Input(image=f.read(), name=f.filename or None) for f in uploads]
+    inputs += [_Url(url, None) for url in urls]
     options: dict[str, object] = {}
     for key in form:
+        if key == URL_FIELD:
+            continue
         values = form.getlist(key)
         options[key] = values[0] if len(values) == 1 else ",".join(values)
     return inputs, options
@@ -88,7 +138,7 @@ def _form_too_large(request: Request) -> TooLarge:
     )
 
 
-def _json(request: Request, max_images: int) -> tuple[list[Input], dict[str, object]]:
+def _json(request: Request, max_images: int) -> tuple[list[Input | _Url], dict[str, object]]:
     try:
         body = orjson.loads(request.get_data(cache=False))
     except orjson.JSONDecodeError as exc:
@@ -100,12 +150,19 @@ def _json(request: Request, max_images: int) -> tuple[list[Input], dict[str, obj
     return [_json_input(item, index) for index, item in enumerate(body["inputs"])], options
 
 
-def _json_input(item, index: int) -> Input:
-    if not isinstance(item, dict) or len({"image", "tensor"} & set(item)) != 1:
-        raise InvalidInput(f'inputs[{index}] must be {{"image": "<base64>"}} or {{"tensor": {{…}}}}', index=index)
+def _json_input(item, index: int) -> Input | _Url:
+    if not isinstance(item, dict) or len({"image", "url", "tensor"} & set(item)) != 1:
+        raise InvalidInput(
+            f'inputs[{index}] must be {{"image": "<base64>"}}, {{"url": "https://…"}} or {{"tensor": {{…}}}}',
+            index=index,
+        )
     name = item.get("name") if isinstance(item.get("name"), str) else None
     if "image" in item:
         return Input(image=_b64(item["image"], f"inputs[{index}].image", index), name=name)
+    if "url" in item:
+        if not isinstance(item["url"], str):
+            raise InvalidInput(f"inputs[{index}].url must be a string: an http(s) URL or a data: URI", index=index)
+        return _Url(item["url"], name)
     return Input(tensor=_tensor(item["tensor"], index), name=name)
 
 

@@ -1,5 +1,6 @@
 """The one place where errors become HTTP: a table from the core's error kinds to statuses, rendered as
-RFC 9457 problem+json, plus the errors only HTTP has (a missing API key, a body of the wrong type, an answer form nobody accepts).
+RFC 9457 problem+json, plus the errors only HTTP has (a missing API key, a body of the wrong type, an answer
+form nobody accepts).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from engine.images import ImageError
 from engine.manifest import ManifestError
 from engine.runtime import RuntimeClosed
 from engine.settings import SettingsError
-from service.problems import Unauthorized, UnsupportedMediaType, problem, problem_headers, status_of
+from service.problems import NotAcceptable, Unauthorized, UnsupportedMediaType, problem, problem_headers, status_of
+from service.remote_images import FetchFailed, RefusedUrl
 from tests.helpers import encode, photo_jpeg
 from tests.openapi_check import conforms
 from tests.unit.conftest import MAX_BODY_BYTES, MAX_IMAGES, make_app
@@ -230,12 +231,13 @@ def test_a_full_decode_budget_and_a_closed_batcher_answer_503_with_retry_after(t
 
 # --- the one table ----------------------------------------------------------------------------------------------
 
-KINDS = {InvalidInput: 400, Unauthorized: 401, UnknownName: 404, Conflict: 409, TooLarge: 413,
+KINDS = {InvalidInput: 400, Unauthorized: 401, UnknownName: 404, NotAcceptable: 406, Conflict: 409, TooLarge: 413,
          UnsupportedMediaType: 415, Unprocessable: 422, Misconfigured: 500, Unavailable: 503,
          FeaturesError: 500}  # fmt: skip
 # every error the core and the HTTP edge define, by the status its kind gives it
 ERRORS = {NoImageFilters: 400, UnreadableFile: 400, ImageTooCostly: 413, ImageError: 422, ManifestError: 500,
-          SettingsError: 500, DecodeBusy: 503, BatcherClosed: 503, RuntimeClosed: 503}  # fmt: skip
+          SettingsError: 500, DecodeBusy: 503, BatcherClosed: 503, RuntimeClosed: 503, RefusedUrl: 400,
+          FetchFailed: 422}  # fmt: skip
 
 
 def _instance(kind: type[FeaturesError], **facts) -> FeaturesError:
