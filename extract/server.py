@@ -1,20 +1,18 @@
 """The --server engine: batches of image files posted to a running service, a few requests in flight.
 
-503 (still loading) and connection errors are retried with exponential backoff. A 422 names the bad
-image by index: it is recorded as failed and the rest of the batch is sent again, so one bad file never
-loses its neighbours. A 413 (too many images or bytes for the server's limits) halves the batch.
+The HTTP is features_client's (the package users call the service with): 503 (still loading) and connection
+errors are retried with exponential backoff, a 413 (too many images or bytes for the server's limits) splits the
+batch, and with skip_bad a 422 naming a bad image leaves it out, recorded here as failed, while the rest of the
+batch is sent again, so one bad file never loses its neighbours. Answers come as safetensors: raw float32 bytes.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import logging
 import os
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,68 +24,55 @@ from extract.extras import require
 from extract.plan import ModelInfo, Plan
 from extract.writers import BatchResult
 
-requests = require("requests", "--server")
-log = logging.getLogger(__name__)
+fc = require("features_client", "--server")
 DEFAULT_IN_FLIGHT = 4
-RETRIES = 8  # backoff 0.25 s doubling to 8 s: about 32 s of patience with a restarting server
+RETRIES = 8  # backoff 0.25 s doubling to 8 s: about 30 s of patience with a restarting server
 TIMEOUT = (10, 300)  # connect, read (a big batch on a busy CPU server can take a while)
 
 
 class ServerClient:
-    """HTTP to one service: API key, retries, problem+json turned into exceptions with the server's detail."""
+    """One service through features_client, its errors turned into the extractor's (UsageError, ExtractError)."""
 
     def __init__(self, url: str, api_key: str | None = None, retries: int = RETRIES):
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"--server {url!r} must be an http:// or https:// URL")
-        self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.retries = retries
+        self.client = fc.FeaturesClient(url, api_key, timeout=TIMEOUT, retries=retries)
+        self.url = self.client.url
         self.provider: str | None = None  # the server's execution provider and its warnings, from the catalogue
         self.warnings: list[str] = []
-        self._local = threading.local()
 
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):  # requests.Session is not shared across threads
-            self._local.session = requests.Session()
-        return self._local.session
+    @contextmanager
+    def reachable(self):
+        """Connection errors and 503s that outlast the retries: the run cannot go on (ExtractError, exit 1)."""
+        try:
+            yield
+        except fc.FeaturesConnectionError as exc:
+            raise ExtractError(str(exc)) from None
+        except fc.Unavailable as exc:
+            raise ExtractError(f"{self.url} still answers {exc.status}: {exc.detail}") from None
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        """The response to the first try that is neither a 503 nor a connection error."""
-        delay = 0.25
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._session().request(
-                    method, self.url + path, headers=self.headers, timeout=TIMEOUT, **kwargs
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == self.retries:
-                    raise ExtractError(f"cannot reach {self.url}: {exc}") from None
-                wait_for = delay
-            else:
-                if response.status_code != 503:
-                    return response
-                if attempt == self.retries:
-                    raise ExtractError(f"{self.url} still answers 503: {detail_of(response)}")
-                wait_for = max(delay, _retry_after(response))
-            log.info("retrying %s %s in %.2fs", method, path, wait_for)
-            time.sleep(wait_for)
-            delay = min(delay * 2, 8.0)
-        raise AssertionError("unreachable")
+    def request(self, method: str, path: str, **kwargs):
+        """The response to the first try that is neither a 503 nor a connection error (extract.search uses it)."""
+        with self.reachable():
+            return self.client.request(method, path, **kwargs)
 
     def model_info(self, name: str, models_dir: Path) -> ModelInfo:
         """The model as the server describes it; model.json is the local manifest when it is the same export."""
-        response = self.request("GET", f"/v1/models/{name}")
-        if response.status_code in (401, 403):
-            raise UsageError(
-                f"{self.url} refused the API key ({detail_of(response)}); "
-                "give --api-key-file or set FEATURES_API_KEY or FEATURES_API_KEY_FILE"
-            )
-        if response.status_code == 404:
-            raise UnknownName(detail_of(response))
-        if response.status_code != 200:
-            raise ExtractError(f"GET /v1/models/{name} answered {response.status_code}: {detail_of(response)}")
         try:
-            catalogue = response.json()
+            with self.reachable():
+                catalogue = self.client.model(name)
+        except (fc.Unauthorized, fc.Forbidden) as exc:
+            raise UsageError(
+                f"{self.url} refused the API key ({exc.detail}); "
+                "give --api-key-file or set FEATURES_API_KEY or FEATURES_API_KEY_FILE"
+            ) from None
+        except fc.NotFound as exc:
+            raise UnknownName(exc.detail) from None
+        except fc.FeaturesHTTPError as exc:
+            raise ExtractError(f"GET /v1/models/{name} answered {exc.status}: {exc.detail}") from None
+        except fc.FeaturesResponseError:
+            catalogue = None
+        try:
             self.provider = catalogue.get("provider")
             self.warnings = [str(warning) for warning in catalogue.get("warnings") or []]
             for volatile in ("ready", "provider", "providers", "warnings"):  # the same export reads the same
@@ -108,20 +93,14 @@ class ServerClient:
 
 
 class ServerEngine:
-    """Reads files here, posts them in batches with `workers` requests in flight, parses base64 float32."""
+    """Reads files here, posts them in batches with `workers` requests in flight, reads float32 tensors back."""
 
     def __init__(self, plan: Plan, client: ServerClient, batch_size: int, workers: int | None = None):
         self.plan = plan
         self.client = client
         self.batch_size = batch_size
         self.workers = workers or DEFAULT_IN_FLIGHT
-        self.limit = batch_size  # lowered when the server answers 413
-        self.fields = {
-            "encoding": "base64",
-            "dtype": "float32",
-            "pooling": plan.pooling,
-            "layers": ",".join(layer.name for layer in plan.layers),
-        }
+        self.options = {"layers": [layer.name for layer in plan.layers], "pooling": plan.pooling, "dtype": "float32"}
         self.pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> ServerEngine:
@@ -162,63 +141,44 @@ class ServerEngine:
                     items.append((row, os.path.basename(path), handle.read()))
             except OSError as exc:
                 failed.append((row, f"cannot read the file: {exc.strerror or exc}"))
-        good: list[int] = []
-        arrays: list[list[np.ndarray]] = [[] for _ in self.plan.layers]
-        while items:
-            batch, items = items[: self.limit], items[self.limit :]
-            self._send(batch, good, arrays, failed)
-        stacked = [
-            np.stack(parts) if parts else np.zeros((0, *layer.shape))
-            for parts, layer in zip(arrays, self.plan.layers, strict=True)
-        ]
-        return BatchResult(np.asarray(good, dtype=np.int64), stacked, failed)
+        if not items:
+            return BatchResult(np.zeros(0, dtype=np.int64), self._empty(), failed)
+        result = self._send(items)
+        for position, error in sorted(result.failed.items()):
+            failed.append((items[position][0], _reason(error, items[position][1])))
+        good = np.asarray([items[position][0] for position in result.indices], dtype=np.int64)
+        if not len(good):
+            return BatchResult(good, self._empty(), failed)
+        arrays = [result.layer(layer.name, self.plan.pooling) for layer in self.plan.layers]
+        return BatchResult(good, arrays, failed)
 
-    def _send(self, items, good: list[int], arrays: list[list[np.ndarray]], failed: list) -> None:
-        """Post `items`; on 422 record the named image and resend the others; on 413 send halves."""
-        while items:
-            files = [("image", (name, data, "application/octet-stream")) for _, name, data in items]
-            response = self.client.request(
-                "POST", f"/v1/models/{self.plan.model.name}/features", files=files, data=self.fields
-            )
-            if response.status_code == 200:
-                self._collect(response.json(), items, good, arrays)
-                return
-            problem = _problem(response)
-            if response.status_code == 422:
-                index = problem.get("index")
-                if not isinstance(index, int) or not 0 <= index < len(items):
-                    index = 0 if len(items) == 1 else None
-                if index is None:  # a 422 that names no image: find it by halving
-                    self._halves(items, good, arrays, failed)
-                    return
-                row, name, _ = items[index]
-                failed.append((row, _strip_label(problem.get("detail", ""), index, name)))
-                items = items[:index] + items[index + 1 :]
-                continue
-            if response.status_code == 413:
-                if len(items) == 1:
-                    failed.append((items[0][0], f"the server refused it as too large: {problem.get('detail', '')}"))
-                    return
-                self.limit = max(1, min(self.limit, len(items) // 2))
-                self._halves(items, good, arrays, failed)
-                return
-            if response.status_code in (401, 403):
-                raise ExtractError(f"{self.client.url} refused the API key: {problem.get('detail', '')}")
-            raise ExtractError(f"{self.client.url} answered {response.status_code}: {problem.get('detail', '')}")
+    def _send(self, items: list[tuple[int, str, bytes]]):
+        """The features of `items`; the images the server refuses one by one come back in `failed`."""
+        try:
+            with self.client.reachable():
+                return self.client.client.features(
+                    [data for _, _, data in items],
+                    self.plan.model.name,
+                    names=[name for _, name, _ in items],
+                    skip_bad=True,
+                    **self.options,
+                )
+        except (fc.Unauthorized, fc.Forbidden) as exc:
+            raise ExtractError(f"{self.client.url} refused the API key: {exc.detail}") from None
+        except fc.FeaturesHTTPError as exc:
+            raise ExtractError(f"{self.client.url} answered {exc.status}: {exc.detail}") from None
+        except fc.FeaturesResponseError as exc:
+            raise ExtractError(f"{self.client.url}: {exc}") from None
 
-    def _halves(self, items, good, arrays, failed) -> None:
-        middle = max(1, len(items) // 2)
-        self._send(items[:middle], good, arrays, failed)
-        self._send(items[middle:], good, arrays, failed)
+    def _empty(self) -> list[np.ndarray]:
+        return [np.zeros((0, *layer.shape), dtype=np.float32) for layer in self.plan.layers]
 
-    def _collect(self, body: dict, items, good: list[int], arrays: list[list[np.ndarray]]) -> None:
-        for (row, _, _), result in zip(items, body["results"], strict=True):
-            features = result["features"]
-            for parts, layer in zip(arrays, self.plan.layers, strict=True):
-                encoded = features[layer.level][layer.name]
-                values = np.frombuffer(base64.b64decode(encoded["data"]), dtype="<f4")
-                parts.append(values.reshape(encoded["shape"]))
-            good.append(row)
+
+def _reason(error, name: str) -> str:
+    """failed.csv's words for an image the server refused."""
+    if isinstance(error, fc.TooLarge):
+        return f"the server refused it as too large: {error.detail}"
+    return _strip_label(error.detail, error.facts.get("index"), name)
 
 
 def _catalogue_layer(entry: dict) -> Layer:
@@ -228,28 +188,19 @@ def _catalogue_layer(entry: dict) -> Layer:
     return Layer(name, level, shape, entry.get("stride"), entry.get("receptive_field"), outputs)
 
 
-def _strip_label(detail: str, index: int, name: str) -> str:
-    """The service prefixes 'image 3 (a.jpg): '; the failure list already names the file."""
+def _strip_label(detail: str, index, name: str) -> str:
+    """The service prefixes 'image 3 (a.jpg): ' (3 counting within its request); the failure list names the file."""
     for prefix in (f"image {index} ({name}): ", f"image {index}: "):
         if detail.startswith(prefix):
             return detail[len(prefix) :]
     return detail
 
 
-def _problem(response: requests.Response) -> dict:
+def detail_of(response) -> str:
+    """The detail of an error answer (problem+json, or the start of whatever else came back)."""
     try:
         body = response.json()
     except ValueError:
-        return {"detail": response.text[:200]}
-    return body if isinstance(body, dict) else {"detail": str(body)[:200]}
-
-
-def detail_of(response: requests.Response) -> str:
-    return str(_problem(response).get("detail") or f"HTTP {response.status_code}")
-
-
-def _retry_after(response: requests.Response) -> float:
-    try:
-        return min(float(response.headers.get("Retry-After", 0)), 30.0)
-    except ValueError:
-        return 0.0
+        return response.text[:200] or f"HTTP {response.status_code}"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail or f"HTTP {response.status_code}")
