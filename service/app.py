@@ -1,4 +1,4 @@
-"""create_app(settings): the only way to build the web app; wires registry, routes, auth, ids and errors.
+"""create_app(settings): the only way to build the web app; wires registry, reloader, routes, auth, ids and errors.
 
 Model sessions are opened here, i.e. in each gunicorn worker after the fork and before it accepts a connection,
 so a worker never takes requests it can only refuse; /readyz says 503 only if loading failed.
@@ -11,17 +11,19 @@ import logging
 import time
 
 from flask import Flask, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import Forbidden, HTTPException
 
 from engine.decode_budget import DecodeBudget
 from engine.errors import FeaturesError
 from engine.registry import Registry
+from engine.reload import Reloader
 from engine.settings import Settings
 from engine.vector_index import open_index
 from service import logs, metrics
+from service.admin_routes import ADMIN_PREFIX, admin
 from service.picture_routes import PAGE_PATHS, pictures
 from service.problems import Unauthorized, problem, problem_headers, status_of
-from service.request_steps import json_response
+from service.request_steps import json_response, release_models
 from service.routes import api
 from service.search_routes import search_routes
 
@@ -40,18 +42,22 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_images + FORM_OPTION_PARTS  # images plus option fields
     app.extensions["registry"] = registry
+    app.extensions["reloader"] = Reloader(registry, on_outcome=metrics.model_reloaded)
     app.extensions["decode_budget"] = DecodeBudget(settings.decode_budget_mb * 1_000_000, settings.decode_wait)
     app.register_blueprint(api)
     app.register_blueprint(pictures)
     app.register_blueprint(search_routes)
+    app.register_blueprint(admin)
     app.extensions["index"] = open_index(settings.index) if settings.index else None  # opened lazily
     _install_request_ids(app)
+    app.teardown_request(lambda _error: release_models())  # a reload closes a model once no request holds it
     _install_metrics_and_access_log(app)
     _install_auth(app, settings)
     _install_error_handlers(app)
     # A worker loads before it accepts anything (the kernel queues connections meanwhile): one still loading
-    # would take connections it can only refuse while a ready one idles, after a crash or a reload (SIGHUP)
-    # as much as at start, and however the worker count was set. Background loading is for in-process use.
+    # would take connections it can only refuse while a ready one idles, after a crash as much as at start, and
+    # however the worker count was set. Background loading is for in-process use. (SIGHUP and the admin call
+    # reload the models in place, in the workers already serving: engine/reload.py.)
     if load_in_background:
         registry.load_in_background()
     else:
@@ -102,16 +108,21 @@ def _install_metrics_and_access_log(app: Flask) -> None:
 
 
 def _install_auth(app: Flask, settings: Settings) -> None:
-    if not settings.api_key:
-        return
-    expected = f"Bearer {settings.api_key}".encode()
+    """The API key guards the data routes; admin routes take the admin key instead, and are off without one."""
+    api_key = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+    admin_key = f"Bearer {settings.admin_key}".encode() if settings.admin_key else None
 
     @app.before_request
-    def require_api_key():
-        if request.path in OPEN_PATHS:
-            return None
+    def require_key():
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if request.path.startswith(ADMIN_PREFIX):
+            if admin_key is None:
+                raise Forbidden("admin calls are off; set FEATURES_ADMIN_KEY (or FEATURES_ADMIN_KEY_FILE) to enable "
+                                "them and send 'Authorization: Bearer <admin key>'")  # fmt: skip
+            if not hmac.compare_digest(given, admin_key):
+                raise Unauthorized("missing or wrong admin key; send 'Authorization: Bearer <admin key>'")
+            return None
+        if api_key is not None and request.path not in OPEN_PATHS and not hmac.compare_digest(given, api_key):
             raise Unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'")
         return None
 

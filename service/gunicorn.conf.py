@@ -14,9 +14,14 @@
   engine/registry.py).
 - Prometheus multiprocess mode: its directory is set and emptied in the master before any worker starts, and a
   dead worker's live gauges are dropped in child_exit.
+- SIGHUP reloads the models in place, in every worker (engine/reload.py), instead of gunicorn's reload, which
+  re-read this file and replaced the workers: the master forwards the signal to each worker (service/http_worker.py
+  notes it, even during boot; post_worker_init follows it). Settings are not re-read: changing one needs a
+  restart.
 """
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +31,7 @@ from engine.registry import Registry
 from engine.settings import METRICS_DIR_VARIABLE, Settings, SettingsError
 from service.logs import TEXT_FORMAT, JsonFormatter
 
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until gunicorn's handlers: a SIGHUP while starting must not end it
 try:
     _settings = Settings.from_env()
 except SettingsError as _exc:
@@ -60,7 +66,9 @@ logconfig_dict = {
 
 
 def on_starting(server):
-    """In the master, before any worker forks: check every manifest and checksum; prepare the metrics folder."""
+    """In the master, before any worker forks: check every manifest and checksum; prepare the metrics folder;
+    take over SIGHUP."""
+    server.handle_hup = lambda: _forward_hup(server)  # gunicorn's Arbiter looks handle_hup up on the instance
     try:
         Registry(_settings).check()
     except Misconfigured as exc:
@@ -71,6 +79,27 @@ def on_starting(server):
     for stale in folder.glob("*.db"):  # samples of a previous run would be added to this one's
         stale.unlink()
     os.environ[METRICS_DIR_VARIABLE] = str(folder)  # for prometheus_client and each worker's Settings
+
+
+def _forward_hup(server):
+    server.log.info("SIGHUP: each worker reloads the models folder in place (a settings change needs a restart)")
+    server.kill_workers(signal.SIGHUP)
+
+
+def post_worker_init(worker):
+    """In each worker, its app loaded: reload on every SIGHUP, one that came while it booted included; with several
+    workers, the admin reload call signals the master so that the others follow (service/admin_routes.py)."""
+    from service.admin_routes import MASTER_PID
+
+    app = worker.wsgi
+    requested = getattr(worker, "reload_requested", None)
+    if requested is None:  # another worker class (--worker-class)
+        worker.log.warning("worker class %s does not reload models in place: SIGHUP ends its workers, which the "
+                           "master replaces", type(worker).__name__)  # fmt: skip
+    else:
+        app.extensions["reloader"].follow(requested)
+    if worker.cfg.workers > 1:
+        app.extensions[MASTER_PID] = worker.ppid
 
 
 def child_exit(server, worker):

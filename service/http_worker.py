@@ -8,6 +8,7 @@ a thread only a request whose every byte is in: framing and size limits are chec
 linger closed in the loop rather than in a thread. A thread then parses the buffered bytes with gunicorn's own
 parser; its writes are bounded by a send timeout, so a client that stops reading frees the thread too.
 gunicorn's own error pages (a malformed request line, a header it refuses) become problem+json as well.
+SIGHUP (forwarded by the master, service/gunicorn.conf.py) asks for a reload of the models in place.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import selectors
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -138,6 +141,10 @@ class BufferedConn(TConn):
 class BufferingWorker(ThreadWorker):
     """gthread, but a thread only ever sees a request that has fully arrived."""
 
+    # SIGHUP is left out of the signals gunicorn resets to their default (which would end the worker) before
+    # init_signals installs this worker's own handler
+    SIGNALS = tuple(sig for sig in ThreadWorker.SIGNALS if sig != signal.SIGHUP)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.limits = Settings.from_env()
@@ -150,6 +157,17 @@ class BufferingWorker(ThreadWorker):
 
         memory.tune_malloc()
         super().init_process()
+
+    def init_signals(self):
+        """gunicorn's signals, plus SIGHUP: noted in `reload_requested`, which the reloader follows once the app is
+        loaded (gunicorn.conf.py post_worker_init); one that arrives while the app loads is kept for after."""
+        super().init_signals()
+        self.reload_requested = threading.Event()
+        signal.signal(signal.SIGHUP, self.handle_hup)
+        signal.siginterrupt(signal.SIGHUP, False)  # like SIGTERM: never interrupt a request's system calls
+
+    def handle_hup(self, sig, frame):
+        self.reload_requested.set()  # nothing more in a signal handler: the reloader's thread does the work
 
     # --- the event loop: receive, frame, dispatch ----------------------------------------------------------
 

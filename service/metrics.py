@@ -38,6 +38,11 @@ BATCH_SIZE = Histogram(
     "features_inference_batch_images", "Images per ONNX Runtime run (micro-batching)", ["model"], buckets=_BATCH_BUCKETS
 )
 INFERENCE = Histogram("features_inference_seconds", "Time of one ONNX Runtime run", ["model"], buckets=_LATENCY_BUCKETS)
+MODEL_RELOADS = Counter(
+    "features_model_reloads_total",
+    "What each reload did per model (engine/reload.py): unchanged, added, replaced, removed, failed",
+    ["model", "result"],
+)
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -57,6 +62,11 @@ def batch_observer(model: str):
         inference.observe(seconds)
 
     return observe
+
+
+def model_reloaded(model: str, result: str) -> None:
+    """The reloader's on_outcome callback: one count per model per reload."""
+    MODEL_RELOADS.labels(model, result).inc()
 
 
 def exposition(multiprocess_dir: Path | None) -> tuple[bytes, str]:

@@ -1,12 +1,13 @@
 """The steps every blueprint shares, in one place: this worker's registry and decode budget, the model a
-path names (ready or not), the request's inputs and options, their decoding into one batch, JSON out.
+path names (ready or not, held until the request ends), the request's inputs and options, their decoding into
+one batch, JSON out.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import orjson
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
 from engine.decode_budget import DecodeBudget
 from engine.errors import Unavailable, UnknownName
@@ -16,6 +17,7 @@ from engine.registry import LoadedModel, Registry
 from service.inputs import parse_request
 
 RETRY_WHILE_LOADING_S = 2
+HOLD_TRIES = 3  # a model retired by a reload between reading `models` and holding it: take its successor
 
 
 def json_response(body, status: int = 200) -> Response:
@@ -46,12 +48,27 @@ def decode_budget() -> DecodeBudget:
 
 
 def model_named(name: str) -> LoadedModel:
-    """The model a path names, loaded or not (its catalogue entry says which); UnknownName lists the valid ones."""
-    models = registry().models
-    if name not in models:
-        valid = sorted(models)
-        raise UnknownName(f"no model {name!r}; models are {', '.join(valid)}", valid=valid)
-    return models[name]
+    """The model a path names, loaded or not (its catalogue entry says which); UnknownName lists the valid ones.
+
+    Held for the rest of the request (released by `release_models`), so a reload that replaces it meanwhile
+    closes it only after this request is done with it.
+    """
+    for _ in range(HOLD_TRIES):
+        models = registry().models  # once: a reload swaps the whole dict
+        if name not in models:
+            valid = sorted(models)
+            raise UnknownName(f"no model {name!r}; models are {', '.join(valid)}", valid=valid)
+        model = models[name]
+        if model.acquire():
+            g.setdefault("held_models", []).append(model)
+            return model
+    raise Unavailable(f"model {name} is being reloaded; retry shortly", retry_after=RETRY_WHILE_LOADING_S)
+
+
+def release_models() -> None:
+    """Let go of the models this request held (the app's teardown_request calls it, whatever the outcome)."""
+    for model in g.pop("held_models", ()):
+        model.release()
 
 
 def check_ready() -> None:

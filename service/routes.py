@@ -67,6 +67,7 @@ def describe(model: LoadedModel, full: bool) -> dict:
             for lay in manifest.layers
         ],
         logits_layer=manifest.logits_layer,
+        reload=model.last_reload,  # {"status", "at", "error"}: the latest reload that changed or failed it, or null
         labels=len(manifest.labels) if manifest.labels else 0,
         source=asdict(manifest.source),
         quality=asdict(manifest.quality) if manifest.quality else None,

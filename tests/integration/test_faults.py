@@ -264,30 +264,6 @@ def test_sigkilled_worker_is_replaced_and_the_service_keeps_answering(models_dir
     assert_same_embeddings(outcomes)
 
 
-def test_reload_by_sighup_under_load_fails_no_request(models_dir, jpeg):
-    """SIGHUP: gunicorn starts new workers and stops the old ones gracefully; the new ones load before they
-    accept, the old ones finish what they hold, so clients see no error at all."""
-    server = Server(models_dir, "--workers", "2", FEATURES_ORT_THREADS="1")
-    try:
-        master, before = two_settled_workers(server, jpeg)
-        replaced: list[float] = []
-
-        def reload_and_watch():
-            os.kill(master, signal.SIGHUP)
-            replaced.append(wait_until(lambda: not set(worker_pids(master)) & before, 60, "old workers gone"))
-
-        outcomes, struck = load(server.url, jpeg, total=240, fault_after=60, fault=reload_and_watch)
-        assert replaced and len(worker_pids(master)) == 2
-    finally:
-        server.stop()
-    failures = [o for o in outcomes if o.status != 200]
-    print(f"\n[SIGHUP reload, 2 workers, no nginx] requests sent: {len(outcomes)}, failures: {len(failures)} "
-          f"{summary(failures)}, old workers gone {replaced[0]:.2f}s after the signal")  # fmt: skip
-    assert not failures
-    assert sum(o.started > struck + replaced[0] and o.status == 200 for o in outcomes) > 0, "none after the reload"
-    assert_same_embeddings(outcomes)
-
-
 def test_single_worker_recovery_time(models_dir):
     """One worker: the service is down until gunicorn forks a new worker and it has loaded the model."""
     server = Server(models_dir, FEATURES_WORKERS="1", FEATURES_ORT_THREADS="1").wait_ready()
