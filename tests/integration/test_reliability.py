@@ -61,7 +61,9 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(models
     cases in ~3 s here, 15 s about a thousand); the JUnit report shows every operation was fuzzed."""
     schemathesis = shutil.which("st", path=str(Path(sys.executable).parent))
     assert schemathesis, "schemathesis is part of the test extra"
-    server = Server(models_dir, FEATURES_MAX_BODY_BYTES="2000000", FEATURES_MAX_IMAGES="4").wait_ready()
+    # fuzzed image URLs are fetched for real: no network here, so each public address waits out the URL timeout
+    server = Server(models_dir, FEATURES_MAX_BODY_BYTES="2000000", FEATURES_MAX_IMAGES="4",
+                    FEATURES_URL_TIMEOUT_S="1").wait_ready()  # fmt: skip
     try:
         config = tmp_path / "schemathesis.toml"
         config.write_text(SCHEMATHESIS_CONFIG)
