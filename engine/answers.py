@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.errors import Unprocessable
 from engine.manifest import Layer
 
 if TYPE_CHECKING:
@@ -105,8 +106,20 @@ def top_classes(logits: np.ndarray, k: int, labels: list[str]) -> TopClasses:
     return TopClasses(index.astype(np.int64), np.take_along_axis(probability, index, axis=1).astype(np.float32), labels)
 
 
-def prepare(array: np.ndarray, options: FeatureOptions) -> np.ndarray:
-    """A batch of one layer as answered: unit L2 norm along channels if asked, then the asked dtype."""
+def prepare(array: np.ndarray, options: FeatureOptions, what: str) -> np.ndarray:
+    """A batch of one layer as answered: unit L2 norm along channels if asked, then the asked dtype. A value past
+    float16's range (65504) is refused (422) rather than answered as infinity (JSON null)."""
     if options.normalize:
         array = l2_normalise(array, axis=1)
-    return np.ascontiguousarray(array, dtype=options.dtype)
+    with np.errstate(over="ignore"):  # an overflow is found below and refused with its input named
+        answered = np.ascontiguousarray(array, dtype=options.dtype)
+    if answered.dtype != array.dtype:
+        finite = np.isfinite(answered.reshape(len(answered), -1)).all(axis=1)
+        if not finite.all():
+            index = int(np.argmin(finite))
+            raise Unprocessable(
+                f"input {index}: {what} holds values beyond the range of {options.dtype}; ask dtype=float32 "
+                "or normalize=true",
+                index=index,
+            )
+    return answered

@@ -183,7 +183,10 @@ def extract(runtime, manifest: Manifest, batch: np.ndarray, options: FeatureOpti
     if classifier is not None:
         names.append(output_name(classifier, "none"))
     by_name = run_outputs(runtime, names, batch)
-    tensors = [Tensor(lay, pooling, prepare(by_name[output_name(lay, pooling)], options)) for lay, pooling in wanted]
+    tensors = [
+        Tensor(lay, pooling, prepare(by_name[output_name(lay, pooling)], options, f"layer {lay.name} ({pooling})"))
+        for lay, pooling in wanted
+    ]
     top = None
     if classifier is not None:
         top = top_classes(by_name[output_name(classifier, "none")], options.top, manifest.labels)

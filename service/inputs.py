@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from flask import Request, current_app
+from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from engine.errors import FeaturesError, InvalidInput, TooLarge
@@ -35,12 +35,10 @@ class _Url:
     name: str | None
 
 
-def parse_request(
-    request: Request, max_images: int, settings: Settings | None = None
-) -> tuple[list[Input], dict[str, object]]:
-    """The request's inputs, in order: the body's (multipart files, then its `url` fields), then the query's `url`s.
-
-    `settings` say whether and where URLs are fetched (None: the current app's)."""
+def parse_request(request: Request, settings: Settings) -> tuple[list[Input], dict[str, object]]:
+    """The request's inputs, in order: the body's (multipart files, then its `url` fields), then the query's `url`s,
+    counted against `settings.max_images`; `settings` also say whether and where URLs are fetched."""
+    max_images = settings.max_images
     mimetype = request.mimetype
     query_urls = request.args.getlist(URL_FIELD)
     if mimetype == "multipart/form-data":
@@ -64,7 +62,7 @@ def parse_request(
     return _resolved(inputs, settings), options
 
 
-def _resolved(inputs: list[Input | _Url], settings: Settings | None) -> list[Input]:
+def _resolved(inputs: list[Input | _Url], settings: Settings) -> list[Input]:
     """Every _Url as the Input of its image: data: URIs decoded, http(s) URLs fetched (all at once)."""
     urls = {}
     for index, item in enumerate(inputs):
@@ -74,7 +72,6 @@ def _resolved(inputs: list[Input | _Url], settings: Settings | None) -> list[Inp
             else:
                 urls[index] = item.url
     if urls:
-        settings = settings or current_app.extensions["registry"].settings
         fetched = remote_images.fetch_all(urls, remote_images.UrlPolicy.from_settings(settings))
         for index, data in fetched.items():
             name = inputs[index].name or remote_images.default_name(urls[index])
@@ -115,6 +112,11 @@ def _multipart(request: Request, max_images: int) -> tuple[list[Input | _Url], d
     unexpected = sorted(set(files) - {"image"})
     if unexpected:
         raise InvalidInput(f"unexpected file field {unexpected[0]!r}; send images in the field 'image'")
+    if "image" in form:  # a part without a filename is a text field to werkzeug, not a file
+        raise InvalidInput(
+            "the multipart part 'image' has no filename; send each image as a file part "
+            '(Content-Disposition: form-data; name="image"; filename="cat.jpg")'
+        )
     uploads, urls = files.getlist("image"), form.getlist(URL_FIELD)
     _check_count(len(uploads) + len(urls), max_images)
     inputs: list[Input | _Url] = [Input(image=f.read(), name=f.filename or None) for f in uploads]

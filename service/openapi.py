@@ -128,8 +128,7 @@ def _form(options: dict, max_images: int | None = None) -> dict:
         "items": {**_BINARY, "contentMediaType": "image/*"},
         "description": "image files (JPEG, PNG, WebP, GIF, BMP, TIFF); each part needs a filename "
         '(Content-Disposition: form-data; name="image"; filename="cat.jpg"), which the answer echoes as the '
-        "input's name: a part without one is a text field, not an image, so the request holds no image (400) or "
-        "the field is refused as an unknown option (400)",
+        "input's name: a part without one is refused (400)",
     }
     if max_images:
         images["maxItems"] = max_images

@@ -86,7 +86,7 @@ def ready_model(name: str) -> LoadedModel:
 
 def read_inputs() -> tuple[list[Input], dict[str, object]]:
     """The current request's inputs (counted against the limit) and its raw options, query string included."""
-    return parse_request(request, registry().settings.max_images)
+    return parse_request(request, registry().settings)
 
 
 def decode(inputs: list[Input], model: LoadedModel) -> np.ndarray:

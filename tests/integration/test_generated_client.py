@@ -325,7 +325,7 @@ def test_errors_are_typed_problems(client, models, File, cat):
     # a body field carries its default, so the same option in the query as well is refused, as documented
     problem(features.sync(MODEL, client=client, body=json_body(), pooling=["max"]), 400, "given both")
     nameless = models.FeaturesForm(image=[File(payload=io.BytesIO(cat), mime_type="image/jpeg")])
-    problem(features.sync(MODEL, client=client, body=nameless), 400, "no inputs")  # a part without a file name
+    problem(features.sync(MODEL, client=client, body=nameless), 400, "has no filename")  # a part without a file name
     beside = features.sync(MODEL, client=client, body=models.FeaturesForm(image=[jpeg_upload(File, cat)]), top=1)
     assert "cat" in beside.results[0].top[0].label  # a query option that the form leaves unset is read
     five = models.FeaturesForm(image=[jpeg_upload(File, cat, f"{i}.jpg") for i in range(5)])

@@ -178,3 +178,23 @@ def test_an_accept_nobody_serves_is_406_before_any_work(client, photos):
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json["valid"] == ["application/json", "application/x-safetensors", "application/x-npz"]
     assert post_json(client, photos[:1]).status_code == 200
+
+
+def test_values_past_float16_range_are_refused_not_answered_as_null(client):
+    import base64
+
+    tensor = np.full((3, 64, 64), 1e6, dtype="<f4")  # finite in float32 all the way through the tiny network
+    body = {
+        "inputs": [{"tensor": {"shape": [3, 64, 64], "dtype": "float32", "data": base64.b64encode(tensor).decode()}}]
+    }
+    as_float32 = client.post(URL, json={**body, "layers": ["stride16"]})
+    assert (
+        as_float32.status_code == 200
+        and np.abs(as_float32.json["results"][0]["features"]["high"]["stride16"]["values"]).max() > 65504
+    )
+    refused = client.post(URL, json={**body, "layers": ["stride16"], "dtype": "float16"})
+    assert refused.status_code == 422 and "float16" in refused.json["detail"] and refused.json["index"] == 0
+    assert (
+        client.post(URL, json={**body, "layers": ["stride16"], "dtype": "float16", "normalize": True}).status_code
+        == 200
+    )

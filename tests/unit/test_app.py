@@ -200,3 +200,11 @@ def test_timings_and_request_ids(client, images):
     assert set(timings) == {"parse", "decode", "compute", "total"} and timings["total"] >= timings["compute"] >= 0
     generated = client.get("/healthz").headers["X-Request-ID"]
     assert len(generated) == 32 and generated != client.get("/healthz").headers["X-Request-ID"]
+
+
+def test_an_image_part_without_a_filename_is_named_not_ignored(client, images):
+    response = post(client, data={"image": "not a file", "levels": "low"}, content_type="multipart/form-data")
+    assert response.status_code == 400 and "has no filename" in response.json["detail"]
+    stray = {"image": [(io.BytesIO(images["cat"]), "cat.jpg"), "stray text"]}  # a file part and a text part
+    both = post(client, data=stray, content_type="multipart/form-data")
+    assert both.status_code == 400 and "has no filename" in both.json["detail"]
