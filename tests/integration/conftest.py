@@ -8,6 +8,7 @@ the exporter as a user would. The session fixtures: one real export through the 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,18 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0_dir(models_dir) -> Path:
     return models_dir / "efficientnet_lite0"
+
+
+@pytest.fixture(scope="session")
+def lite0_int8_dir(lite0_dir, tmp_path_factory) -> Path:
+    """The int8 export of the session's Lite0, made once with the CLI (the precision tests and the benchmark's
+    quick run share it): <folder>/efficientnet_lite0-int8 beside a copy of the fp32 export it was derived from."""
+    folder = tmp_path_factory.mktemp("int8") / "models"
+    shutil.copytree(lite0_dir, folder / lite0_dir.name)
+    result = run_cli("quantize", folder / lite0_dir.name, "--precision", "int8")
+    assert result.returncode == 0, result.stderr
+    assert "int8 of efficientnet_lite0" in result.stdout and "passed the thresholds" in result.stdout
+    return folder / f"{lite0_dir.name}-int8"
 
 
 @pytest.fixture(scope="session")
