@@ -113,13 +113,17 @@ def prepare(array: np.ndarray, options: FeatureOptions, what: str) -> np.ndarray
         array = l2_normalise(array, axis=1)
     with np.errstate(over="ignore"):  # an overflow is found below and refused with its input named
         answered = np.ascontiguousarray(array, dtype=options.dtype)
-    if answered.dtype != array.dtype:
-        finite = np.isfinite(answered.reshape(len(answered), -1)).all(axis=1)
-        if not finite.all():
-            index = int(np.argmin(finite))
-            raise Unprocessable(
-                f"input {index}: {what} holds values beyond the range of {options.dtype}; ask dtype=float32 "
-                "or normalize=true",
-                index=index,
-            )
+    index = first_non_finite_row(answered) if answered.dtype != array.dtype else None
+    if index is not None:
+        raise Unprocessable(
+            f"input {index}: {what} holds values beyond the range of {options.dtype}; ask dtype=float32 "
+            "or normalize=true",
+            index=index,
+        )
     return answered
+
+
+def first_non_finite_row(array: np.ndarray) -> int | None:
+    """The first input (row of a batch) holding infinity or NaN, or None when every value is finite."""
+    finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return None if finite.all() else int(np.argmin(finite))

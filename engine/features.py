@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.answers import Features, Tensor, prepare, top_classes
+from engine.answers import Features, Tensor, first_non_finite_row, prepare, top_classes
 from engine.errors import InvalidInput, UnknownName, Unprocessable
 from engine.manifest import LEVELS, POOLINGS, Layer, Manifest
 
@@ -150,9 +150,8 @@ def check_finite(outputs: list[np.ndarray], names: list[str]) -> None:
     """A finite but extreme input tensor can overflow float32 inside the network: refuse that input (422)
     instead of answering null for every value."""
     for name, array in zip(names, outputs, strict=True):
-        finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-        if not finite.all():
-            index = int(np.argmin(finite))
+        index = first_non_finite_row(array)
+        if index is not None:
             raise Unprocessable(
                 f"input {index} makes output {name} overflow to infinity or NaN; send images, or tensors "
                 "preprocessed as the model's manifest says (GET /v1/models/{model})",
