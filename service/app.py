@@ -26,12 +26,13 @@ from service.problems import Unauthorized, problem, problem_headers, status_of
 from service.request_steps import json_response, release_models
 from service.routes import api
 from service.search_routes import search_routes
-from service.v2_routes import PREFIX as V2_PREFIX
+from service.v2_framing import speaks_v2
+from service.v2_routes import HEALTH_PATHS as V2_HEALTH_PATHS
 from service.v2_routes import v2
 
 log = logging.getLogger("service")
 access = logging.getLogger("service.access")
-OPEN_PATHS = {"/healthz", "/readyz", *PAGE_PATHS}  # probes and the data-free page stay reachable without the API key
+OPEN_PATHS = {"/healthz", "/readyz", *V2_HEALTH_PATHS, *PAGE_PATHS}  # probes and the data-free page: no API key
 FORM_OPTION_PARTS = 64  # multipart parts allowed beyond the images, for options sent as repeated fields
 
 
@@ -135,7 +136,7 @@ def _problem(status: int, detail: str, facts: dict | None = None):
     facts = facts or {}
     request_id = g.get("request_id")
     body = problem(status, detail, facts, request_id)
-    if request.path == V2_PREFIX or request.path.startswith(V2_PREFIX + "/"):  # the protocol's own error form
+    if speaks_v2(request.path):  # the Open Inference Protocol's own error form
         response = json_response({"error": detail}, status)
     else:
         response = json_response(body, status)

@@ -30,6 +30,7 @@ class FramingError(Exception):
         self.detail = detail
         self.extensions = extensions
         self.request_id: str | None = None
+        self.target: bytes | None = None  # the request target, once the request line is read
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Head:
     """What framing needs from a header block."""
 
     size: int  # bytes of the request line and headers, blank line included
+    target: bytes  # path and query, as sent: a refusal answers in the form of the API it was meant for
     request_id: str | None
     version: tuple[int, int]
     content_length: int | None
@@ -63,14 +65,19 @@ def parse_head(block: bytes, max_body_bytes: int) -> Head:
         fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
     request_id = fields.get(b"x-request-id", [b""])[0].decode("latin-1") or None
     try:
-        return _framed(fields, version, len(block), request_id, max_body_bytes)
+        return _framed(fields, version, len(block), parts[1], request_id, max_body_bytes)
     except FramingError as exc:
-        exc.request_id = request_id  # so the refusal echoes it, as the app's answers do
+        exc.request_id, exc.target = request_id, parts[1]  # so the refusal echoes the id, as the app's answers do
         raise
 
 
 def _framed(
-    fields: dict[bytes, list[bytes]], version: tuple[int, int], size: int, request_id: str | None, max_body_bytes: int
+    fields: dict[bytes, list[bytes]],
+    version: tuple[int, int],
+    size: int,
+    target: bytes,
+    request_id: str | None,
+    max_body_bytes: int,
 ) -> Head:
     content_length = _content_length(fields.get(b"content-length", []))
     chunked = _chunked(fields.get(b"transfer-encoding"), version)
@@ -79,7 +86,7 @@ def _framed(
     if content_length is not None and content_length > max_body_bytes:
         raise _too_large(f"Content-Length {content_length}", max_body_bytes)
     expect_continue = _expects_continue(fields.get(b"expect", []), version)
-    return Head(size, request_id, version, content_length, chunked, expect_continue)
+    return Head(size, target, request_id, version, content_length, chunked, expect_continue)
 
 
 def _content_length(values: list[bytes]) -> int | None:

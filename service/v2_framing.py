@@ -20,6 +20,7 @@ import orjson
 
 from engine.errors import InvalidInput
 
+PREFIX = "/v2"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 FIXED_DATATYPES = {
     "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
@@ -28,6 +29,11 @@ FIXED_DATATYPES = {
 }  # fmt: skip
 DATATYPE_OF = {dtype: name for name, dtype in FIXED_DATATYPES.items()}
 MAX_RANK = 8
+
+
+def speaks_v2(path: str) -> bool:
+    """Whether errors on `path` take the protocol's form, `{"error": "…"}`, instead of problem+json."""
+    return path == PREFIX or path.startswith(PREFIX + "/")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class InputTensor:
     datatype: str
     array: np.ndarray | None = None  # fixed-size datatypes
     elements: list[bytes] = field(default_factory=list)  # BYTES
+    in_json: bool = False  # BYTES given as JSON strings (UTF-8 text), not as raw bytes after the header
 
 
 @dataclass
@@ -73,8 +80,10 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput('"parameters" must be an object')
+    if "id" in header and not isinstance(header["id"], str):
+        raise InvalidInput('"id" must be a string')
     return InferRequest(
-        id=header.get("id") if isinstance(header.get("id"), str) else None,
+        id=header.get("id"),
         inputs=inputs,
         outputs=_outputs(header.get("outputs")),
         binary_outputs=parameters.get("binary_data_output") is True,
@@ -131,6 +140,7 @@ def _input(spec, index: int, binary: memoryview) -> tuple[InputTensor, int]:
         if not all(isinstance(item, str) for item in data):
             raise InvalidInput(f"input {name}: BYTES data in JSON must be strings")
         tensor.elements = [item.encode() for item in data]
+        tensor.in_json = True
     else:
         try:
             tensor.array = np.asarray(data, dtype=FIXED_DATATYPES[datatype]).reshape(shape)
@@ -189,7 +199,12 @@ def _outputs(specs) -> list[tuple[str, bool]] | None:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a string name")
         parameters = spec.get("parameters") or {}
-        outputs.append((spec["name"], isinstance(parameters, dict) and parameters.get("binary_data") is True))
+        if not isinstance(parameters, dict):
+            raise InvalidInput(f"outputs[{index}].parameters must be an object")
+        if "classification" in parameters:  # answering raw tensors instead would silently ignore the ask
+            raise InvalidInput(f"outputs[{index}]: the classification extension is not offered; ask "
+                               "/v1/models/{model}/features with top=k for the top classes")  # fmt: skip
+        outputs.append((spec["name"], parameters.get("binary_data") is True))
     return outputs
 
 

@@ -1,28 +1,32 @@
 """The Open Inference Protocol (KServe V2) REST API beside /v1, on the same registry, batcher, limits and key.
 
 A model takes either input, not both: `image`, BYTES [N] (encoded JPEG/PNG/WebP/…, decoded and preprocessed
-as the manifest says, as OpenVINO Model Server does), or the ONNX input itself, FP32 [N, 3, H, W] already
-preprocessed. Its outputs are the graph's named outputs: every layer's map (`stem`) and pooled vectors
-(`stem__avg`, `stem__max`). A request that names none gets the avg-pooled vector of every layer (vector layers
-as they are). Only the sub-graph up to the deepest output asked for runs. Errors are `{"error": "…"}`.
+as the manifest says, as OpenVINO Model Server does; in a JSON body each element is base64 text, since raw
+image bytes are not UTF-8), or the ONNX input itself, FP32 [N, 3, H, W] already preprocessed. Its outputs
+are the graph's named outputs: every layer's map (`stem`) and pooled vectors (`stem__avg`, `stem__max`). A
+request that names none gets the avg-pooled vector of every layer (vector layers as they are). Only the
+sub-graph up to the deepest output asked for runs. Errors are `{"error": "…"}`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import numpy as np
 from flask import Blueprint, Response, request
 
-from engine.errors import InvalidInput, UnknownName
+from engine.errors import InvalidInput, TooLarge
 from engine.features import check_finite, output_name
 from engine.inputs import Input
 from engine.manifest import Manifest
 from service.request_steps import decode, json_response, model_named, ready_model, registry
-from service.v2_framing import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from service.v2_framing import HEADER_LENGTH, PREFIX, encode_infer_response, parse_infer_request
 
 v2 = Blueprint("v2", __name__)
-PREFIX = "/v2"
 IMAGE_INPUT = "image"
 VERSION = "1"  # one version per model name: a reload replaces it
+HEALTH_PATHS = {f"{PREFIX}/health/live", f"{PREFIX}/health/ready"}  # probes: open without the API key
 
 
 def output_shapes(manifest: Manifest) -> dict[str, list[int]]:
@@ -86,8 +90,8 @@ def infer(model_name: str):
     wanted = parsed.outputs or [(name, parsed.binary_outputs) for name in default_outputs(manifest)]
     for name, _ in wanted:
         if name not in shapes:
-            raise UnknownName(f"model {model_name} has no output {name!r}; see GET /v2/models/{model_name}",
-                              valid=list(shapes))  # fmt: skip
+            raise InvalidInput(f"model {model_name} has no output {name!r}; see GET /v2/models/{model_name}",
+                               valid=list(shapes))  # fmt: skip
     if len(parsed.inputs) != 1:
         raise InvalidInput(f"give one input: {IMAGE_INPUT} (BYTES [N]) or {manifest.onnx.input} (FP32 [N, 3, H, W])")
     (given,) = parsed.inputs
@@ -96,7 +100,7 @@ def infer(model_name: str):
         batch = _batch(given, model, manifest)
         arrays = model.batcher.run(names, batch)
     check_finite(arrays, names)
-    by_name = dict(zip(names, arrays, strict=True))
+    by_name = {name: array.astype(np.float32, copy=False) for name, array in zip(names, arrays, strict=True)}
     header = {"model_name": model_name, "model_version": VERSION}
     if parsed.id is not None:
         header["id"] = parsed.id
@@ -109,26 +113,42 @@ def infer(model_name: str):
 
 
 def _batch(given, model, manifest: Manifest) -> np.ndarray:
-    limit = registry().settings.max_images
+    """The NCHW batch an input stands for: images decoded and preprocessed, or a checked tensor as it is."""
     if given.name == IMAGE_INPUT:
         if given.datatype != "BYTES" or len(given.shape) != 1:
             raise InvalidInput(f"input {IMAGE_INPUT} must be BYTES of shape [N], one encoded image per element")
-        count = len(given.elements)
-        if count > limit:
-            from engine.errors import TooLarge
-
-            raise TooLarge(f"{count} images in one request; the limit is {limit}", limit=limit)
-        return decode([Input(image=data) for data in given.elements], model)
+        images = [_from_base64(data, index) for index, data in enumerate(given.elements)] if given.in_json \
+            else given.elements  # fmt: skip
+        _check_count(len(images), "images")
+        return decode([Input(image=data) for data in images], model)
     if given.name != manifest.onnx.input:
-        raise UnknownName(f"model {manifest.name} has no input {given.name!r}; its inputs are {IMAGE_INPUT} and "
-                          f"{manifest.onnx.input}", valid=[IMAGE_INPUT, manifest.onnx.input])  # fmt: skip
-    expected = [len(given.array) if given.array is not None else 0, *manifest.onnx.input_shape]
-    if given.datatype != "FP32" or list(given.shape) != expected:
-        raise InvalidInput(f"input {given.name} must be FP32 of shape [N, {', '.join(map(str, expected[1:]))}]")
-    if len(given.array) > limit:
-        from engine.errors import TooLarge
-
-        raise TooLarge(f"{len(given.array)} tensors in one request; the limit is {limit}", limit=limit)
+        raise InvalidInput(f"model {manifest.name} has no input {given.name!r}; its inputs are {IMAGE_INPUT} "
+                           f"(BYTES [N]) and {manifest.onnx.input} (FP32 [N, 3, H, W])")  # fmt: skip
+    size = ", ".join(map(str, manifest.onnx.input_shape))
+    if given.datatype != "FP32" or list(given.shape[1:]) != list(manifest.onnx.input_shape):
+        raise InvalidInput(f"input {given.name} must be FP32 of shape [N, {size}]; got {given.datatype} "
+                           f"{given.shape}")  # fmt: skip
+    _check_count(given.shape[0], "tensors")
     if not np.isfinite(given.array).all():
         raise InvalidInput(f"input {given.name} contains NaN or infinite values")
     return np.ascontiguousarray(given.array, dtype=np.float32)
+
+
+def _check_count(count: int, what: str) -> None:
+    limit = registry().settings.max_images
+    if count == 0:
+        raise InvalidInput(f"no {what}: the input's first dimension is 0")
+    if count > limit:
+        raise TooLarge(f"{count} {what} in one request; the limit is {limit} (FEATURES_MAX_IMAGES)", limit=limit)
+
+
+def _from_base64(text: bytes, index: int) -> bytes:
+    """An image sent inside JSON: its base64 text (standard alphabet), the only way bytes survive JSON."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(
+            f"input {IMAGE_INPUT}: element {index} is not base64; in a JSON body send each image "
+            "base64-encoded, or send it raw with binary_data_size",
+            index=index,
+        ) from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import numpy as np
 import pytest
 import requests
@@ -10,8 +13,10 @@ from tritonclient.utils import InferenceServerException
 
 from engine.images import load_tensor
 from tests.helpers import photo_jpeg
+from tests.integration.conftest import Server
 
 MODEL = "efficientnet_lite0"
+KEY = "v2-test-key"
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,70 @@ def test_no_outputs_named_gives_every_layers_avg_vector(client, photos, lite0_ma
     assert names == {layer.outputs.get("avg", layer.outputs["none"]) for layer in lite0_manifest.layers}
 
 
-def test_protocol_errors_are_clear_and_the_server_keeps_serving(client, server, photos):
+def test_bytes_in_json_are_base64_and_give_the_binary_numbers(client, photos):
+    """tritonclient sends BYTES in JSON as text; base64 is how an image survives that (MLServer's base64 codec)."""
+    as_text = triton.InferInput("image", [len(photos)], "BYTES")
+    as_text.set_data_from_numpy(np.array([base64.b64encode(p) for p in photos], dtype=np.object_), binary_data=False)
+    wanted = [triton.InferRequestedOutput("stride8__avg", binary_data=False)]
+    from_json = client.infer(MODEL, [as_text], outputs=wanted).as_numpy("stride8__avg")
+    from_binary = client.infer(MODEL, [images_input(photos)], outputs=wanted).as_numpy("stride8__avg")
+    np.testing.assert_array_equal(from_json, from_binary)
+
+
+def post_infer(server, header: dict | bytes, binary: bytes = b"", model: str = MODEL) -> requests.Response:
+    """An infer request framed by hand, to send what no well-behaved client would."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    headers = {"Inference-Header-Content-Length": str(len(text))} if binary else {}
+    return requests.post(f"{server.url}/v2/models/{model}/infer", data=text + binary, headers=headers, timeout=60)
+
+
+def image_tensor(count: int = 1, **extra) -> dict:
+    return {"name": "image", "shape": [count], "datatype": "BYTES", **extra}
+
+
+def framed(images: list[bytes]) -> bytes:
+    return b"".join(len(data).to_bytes(4, "little") + data for data in images)
+
+
+@pytest.mark.parametrize(
+    ("header", "binary", "status", "expected"),
+    [
+        ({"inputs": [image_tensor(1, parameters={"binary_data_size": 8})], "outputs": [{"name": "nope"}]},
+         framed([b"jpeg"]), 400, "no output 'nope'"),
+        ({"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0.0]}]}, b"", 400,
+         "needs 12 elements, data holds 1"),
+        ({"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0.0] * 12}]}, b"", 400,
+         "must be FP32 of shape [N, 3, 224, 224]; got FP32 [1, 3, 2, 2]"),
+        ({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "INT64",
+                      "parameters": {"binary_data_size": 8 * 3 * 224 * 224}}]},
+         bytes(8 * 3 * 224 * 224), 400, "must be FP32"),
+        ({"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, b"", 400,
+         "has no input 'pixels'"),
+        ({"inputs": [image_tensor(1, data=["not base64!"])]}, b"", 400, "element 0 is not base64"),
+        ({"inputs": [image_tensor(1, data=[base64.b64encode(b"no image here").decode()])]}, b"", 422, "image 0"),
+        ({"inputs": [image_tensor(0, data=[])]}, b"", 400, "no images"),
+        ({"inputs": [image_tensor(9, data=["AA=="] * 9)]}, b"", 413, "limit is 8"),
+        ({"inputs": [image_tensor(1, data=["AA=="])], "outputs": [{"name": "logits",
+          "parameters": {"classification": 3}}]}, b"", 400, "classification extension is not offered"),
+        ({"inputs": [image_tensor(1, data=["AA=="]), image_tensor(1, data=["AA=="])]}, b"", 400, "give one input"),
+        ({"inputs": [image_tensor(1, data=["AA=="])], "id": 7}, b"", 400, '"id" must be a string'),
+        (b'{"inputs": [', b"", 400, "not valid JSON"),
+        ({"inputs": [image_tensor(2, parameters={"binary_data_size": 8})]}, framed([b"jpeg"]), 400,
+         "its shape holds 2 elements, its binary data 1"),
+        ({"inputs": [image_tensor(1, parameters={"binary_data_size": 8})]}, framed([b"jpeg"])[:-2], 400,
+         "binary_data_size 8 is past the end of the body"),
+    ],
+    ids=["unknown output", "data count", "shape", "datatype", "unknown input", "bad base64", "not an image",
+         "no images", "too many images", "classification", "two inputs", "id", "header JSON", "element count",
+         "truncated body"],
+)  # fmt: skip
+def test_bad_requests_get_clear_protocol_errors(server, header, binary, status, expected):
+    answer = post_infer(server, header, binary)
+    assert answer.status_code == status and answer.headers["Content-Type"] == "application/json", answer.text
+    assert list(answer.json()) == ["error"] and expected in answer.json()["error"], answer.text
+
+
+def test_framing_errors_from_real_client_bodies_and_the_server_keeps_serving(client, server, photos):
     with pytest.raises(InferenceServerException, match="no output 'nope'"):
         client.infer(MODEL, [images_input(photos[:1])], outputs=[triton.InferRequestedOutput("nope")])
     wrong = triton.InferInput("image", [1], "FP32")
@@ -87,15 +155,44 @@ def test_protocol_errors_are_clear_and_the_server_keeps_serving(client, server, 
         client.infer(MODEL, [wrong])
     url = f"{server.url}/v2/models/{MODEL}/infer"
     body, length = triton.InferenceServerClient.generate_request_body([images_input(photos[:1])])
-    for data, header, expected in [
-        (body[:-10], str(length), "past the end"),  # truncated binary body
-        (body, str(len(body) + 5), "past the end"),  # header length past the body
-        (b'{"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0]}]}', None, "needs"),
+    for data, header, status, expected in [
+        (body[:-10], str(length), 400, "past the end"),  # truncated binary body
+        (body, str(len(body) + 5), 400, "past the end"),  # header length past the body
+        (body, "-3", 400, "not a whole number"),
+        (body + b"extra", str(length), 400, "add up to"),  # bytes no input claims
+        (body + bytes(3_000_000), str(length), 413, "larger than the body limit of 3000000"),  # the shared server's body limit
     ]:
-        headers = {
-            "Content-Type": "application/octet-stream",
-            **({"Inference-Header-Content-Length": header} if header else {}),
-        }
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": header}
         answer = requests.post(url, data=data, headers=headers, timeout=30)
-        assert answer.status_code == 400 and expected in answer.json()["error"], answer.text
+        assert answer.status_code == status and expected in answer.json()["error"], answer.text
+    missing = requests.post(f"{server.url}/v2/models/no_such_model/infer", data=b"{}", timeout=30)
+    assert missing.status_code == 404 and "no_such_model" in missing.json()["error"]
     assert client.infer(MODEL, [images_input(photos[:1])]).as_numpy("stem__avg").shape == (1, 32)
+
+
+def test_v2_requests_are_counted_by_route(client, server, photos):
+    client.infer(MODEL, [images_input(photos[:1])], outputs=[triton.InferRequestedOutput("stem__avg")])
+    metrics = requests.get(f"{server.url}/metrics", timeout=30).text
+    assert 'route="/v2/models/<model_name>/infer",status="200"' in metrics
+
+
+@pytest.fixture(scope="module")
+def keyed_server(models_dir):
+    instance = Server(models_dir, "--workers", "1", FEATURES_API_KEY=KEY).wait_ready()
+    yield instance
+    instance.stop()
+
+
+def test_the_api_key_guards_v2_but_not_its_health_probes(keyed_server, photos):
+    with triton.InferenceServerClient(keyed_server.url.removeprefix("http://")) as keyed:
+        assert keyed.is_server_live() and keyed.is_server_ready()  # probes stay open, like /healthz
+        with pytest.raises(InferenceServerException, match="API key"):
+            keyed.get_model_metadata(MODEL)
+        with pytest.raises(InferenceServerException, match="API key"):
+            keyed.infer(MODEL, [images_input(photos[:1])])
+        headers = {"Authorization": f"Bearer {KEY}"}
+        assert keyed.is_model_ready(MODEL, headers=headers)
+        result = keyed.infer(MODEL, [images_input(photos[:1])], headers=headers)
+        assert result.as_numpy("stem__avg").shape == (1, 32)
+    refused = requests.get(f"{keyed_server.url}/v2/models/{MODEL}", timeout=30)
+    assert refused.status_code == 401 and list(refused.json()) == ["error"]
