@@ -12,7 +12,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from engine.images import load_tensor
-from tests.helpers import photo_jpeg
+from tests.helpers import photo_jpeg, run_python_examples
 from tests.integration.conftest import Server
 
 MODEL = "efficientnet_lite0"
@@ -160,7 +160,7 @@ def test_framing_errors_from_real_client_bodies_and_the_server_keeps_serving(cli
         (body, str(len(body) + 5), 400, "past the end"),  # header length past the body
         (body, "-3", 400, "not a whole number"),
         (body + b"extra", str(length), 400, "add up to"),  # bytes no input claims
-        (body + bytes(3_000_000), str(length), 413, "larger than the body limit of 3000000"),  # the shared server's body limit
+        (body + bytes(3_000_000), str(length), 413, "body limit of 3000000"),  # the shared server's limit
     ]:
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": header}
         answer = requests.post(url, data=data, headers=headers, timeout=30)
@@ -196,3 +196,12 @@ def test_the_api_key_guards_v2_but_not_its_health_probes(keyed_server, photos):
         assert result.as_numpy("stem__avg").shape == (1, 32)
     refused = requests.get(f"{keyed_server.url}/v2/models/{MODEL}", timeout=30)
     assert refused.status_code == 401 and list(refused.json()) == ["error"]
+
+
+def test_the_docs_example_runs(server, photos, tmp_path, monkeypatch):
+    """docs/v2.md's tritonclient example, in a folder holding its cat.jpg and coffee.jpg, against the test server."""
+    (tmp_path / "cat.jpg").write_bytes(photos[0])
+    (tmp_path / "coffee.jpg").write_bytes(photos[1])
+    monkeypatch.chdir(tmp_path)
+    printed = run_python_examples("v2.md", server.url)
+    assert printed.splitlines() == ["True True", "(2, 32) (2, 112, 14, 14)"]
