@@ -52,6 +52,14 @@ def parse_head(block: bytes, max_body_bytes: int) -> Head:
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise FramingError(400, "malformed request line; expected 'METHOD TARGET HTTP/1.1'")
+    try:
+        return _head(lines, parts, len(block), max_body_bytes)
+    except FramingError as exc:
+        exc.target = parts[1]  # so the refusal answers in the form of the API the request was meant for
+        raise
+
+
+def _head(lines: list[bytes], parts: list[bytes], size: int, max_body_bytes: int) -> Head:
     version = _VERSIONS.get(parts[2])
     if version is None:
         raise FramingError(400, f"HTTP version {_show(parts[2])} is not served; use HTTP/1.1 or HTTP/1.0")
@@ -65,9 +73,9 @@ def parse_head(block: bytes, max_body_bytes: int) -> Head:
         fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
     request_id = fields.get(b"x-request-id", [b""])[0].decode("latin-1") or None
     try:
-        return _framed(fields, version, len(block), parts[1], request_id, max_body_bytes)
+        return _framed(fields, version, size, parts[1], request_id, max_body_bytes)
     except FramingError as exc:
-        exc.request_id, exc.target = request_id, parts[1]  # so the refusal echoes the id, as the app's answers do
+        exc.request_id = request_id  # so the refusal echoes it, as the app's answers do
         raise
 
 
@@ -154,8 +162,12 @@ class RequestFramer:
         end = self._held.find(b"\r\n\r\n", start)
         size = end + 4 if end >= 0 else len(self._held)  # the head, or what has come of it so far
         if size > self.max_head_bytes:
-            raise FramingError(431, f"request line and headers exceed {self.max_head_bytes} bytes",
-                               limit=self.max_head_bytes)  # fmt: skip
+            error = FramingError(431, f"request line and headers exceed {self.max_head_bytes} bytes",
+                                 limit=self.max_head_bytes)  # fmt: skip
+            line, ended, _ = bytes(self._held[: self.max_head_bytes]).partition(b"\r\n")
+            parts = line.split(b" ")
+            error.target = parts[1] if ended and len(parts) == 3 else None
+            raise error
         if end < 0:
             return len(data)
         used = len(data) - (len(self._held) - size)

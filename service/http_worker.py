@@ -158,6 +158,7 @@ class BufferingWorker(ThreadWorker):
         self.limits = Settings.from_env()
         self.receiving: set[BufferedConn] = set()  # waiting for (the rest of) a request, or lingering closed
         self._idle_capped = False  # on stop, idle connections were given their last moments
+        self._answering = threading.local()  # .target: the request a thread is answering, for handle_error
 
     def init_process(self):
         """After the fork: give freed image memory back to the OS (engine/memory.py), then gthread's set-up."""
@@ -321,6 +322,15 @@ class BufferingWorker(ThreadWorker):
 
     # --- in a request thread ---------------------------------------------------------------------------------
 
+    def handle(self, conn):
+        """gthread's, noting which target this thread answers: gunicorn's own refusals are not told the request."""
+        head = conn.framer.head
+        self._answering.target = head.target if head else None
+        try:
+            return super().handle(conn)
+        finally:
+            self._answering.target = None
+
     def handle_request(self, req, conn):
         """gthread's handler, with writes bounded: a client that stops reading frees the thread."""
         conn.sock.settimeout(self.limits.send_timeout)
@@ -344,6 +354,6 @@ class BufferingWorker(ThreadWorker):
             self.log.exception("error handling request")
             status, detail = 500, "internal error; see the server log"
         try:
-            util.write_nonblock(client, problem_bytes(status, detail))
+            util.write_nonblock(client, problem_bytes(status, detail, target=getattr(self._answering, "target", None)))
         except Exception:
             self.log.debug("failed to send the error answer")

@@ -20,6 +20,7 @@ from engine.errors import InvalidInput, TooLarge
 from engine.features import check_finite, output_name
 from engine.inputs import Input
 from engine.manifest import Manifest
+from service import metrics
 from service.request_steps import decode, json_response, model_named, ready_model, registry
 from service.v2_framing import HEADER_LENGTH, PREFIX, encode_infer_response, parse_infer_request
 
@@ -100,6 +101,7 @@ def infer(model_name: str):
         batch = _batch(given, model, manifest)
         arrays = model.batcher.run(names, batch)
     check_finite(arrays, names)
+    metrics.IMAGES.labels(model.name).inc(len(batch))
     by_name = {name: array.astype(np.float32, copy=False) for name, array in zip(names, arrays, strict=True)}
     header = {"model_name": model_name, "model_version": VERSION}
     if parsed.id is not None:
@@ -114,12 +116,12 @@ def infer(model_name: str):
 
 def _batch(given, model, manifest: Manifest) -> np.ndarray:
     """The NCHW batch an input stands for: images decoded and preprocessed, or a checked tensor as it is."""
-    if given.name == IMAGE_INPUT:
+    if given.name == IMAGE_INPUT and (given.datatype == "BYTES" or manifest.onnx.input != IMAGE_INPUT):
         if given.datatype != "BYTES" or len(given.shape) != 1:
             raise InvalidInput(f"input {IMAGE_INPUT} must be BYTES of shape [N], one encoded image per element")
+        _check_count(len(given.elements), "images")
         images = [_from_base64(data, index) for index, data in enumerate(given.elements)] if given.in_json \
             else given.elements  # fmt: skip
-        _check_count(len(images), "images")
         return decode([Input(image=data) for data in images], model)
     if given.name != manifest.onnx.input:
         raise InvalidInput(f"model {manifest.name} has no input {given.name!r}; its inputs are {IMAGE_INPUT} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -170,10 +171,16 @@ def test_framing_errors_from_real_client_bodies_and_the_server_keeps_serving(cli
     assert client.infer(MODEL, [images_input(photos[:1])]).as_numpy("stem__avg").shape == (1, 32)
 
 
-def test_v2_requests_are_counted_by_route(client, server, photos):
-    client.infer(MODEL, [images_input(photos[:1])], outputs=[triton.InferRequestedOutput("stem__avg")])
+def test_v2_requests_are_counted_like_v1(client, server, photos):
+    def images_counted() -> float:
+        text = requests.get(f"{server.url}/metrics", timeout=30).text
+        return float(re.search(rf'features_images_total{{model="{MODEL}"}} (\S+)', text).group(1))
+
+    before = images_counted()
+    client.infer(MODEL, [images_input(photos)], outputs=[triton.InferRequestedOutput("stem__avg")])
     metrics = requests.get(f"{server.url}/metrics", timeout=30).text
     assert 'route="/v2/models/<model_name>/infer",status="200"' in metrics
+    assert images_counted() == before + len(photos)
 
 
 @pytest.fixture(scope="module")
