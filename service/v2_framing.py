@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, TooLarge
 
 PREFIX = "/v2"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+CONTENT_ENCODINGS = {"gzip": 31, "deflate": 15}  # zlib's wbits: tritonclient's request_compression_algorithm
 FIXED_DATATYPES = {
     "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
     "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
@@ -29,6 +31,27 @@ FIXED_DATATYPES = {
 }  # fmt: skip
 DATATYPE_OF = {dtype: name for name, dtype in FIXED_DATATYPES.items()}
 MAX_RANK = 8
+
+
+def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before its Content-Encoding, never more than `limit` bytes (a small bomb stays small).
+
+    Raises LookupError for an encoding not offered (the route answers 415)."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    if name not in CONTENT_ENCODINGS:
+        raise LookupError(name)
+    inflater = zlib.decompressobj(CONTENT_ENCODINGS[name])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not valid {name} data: {exc}") from None
+    if len(data) > limit:
+        raise TooLarge(f"the {name} body inflates past the body limit of {limit} bytes", limit=limit)
+    if not inflater.eof or inflater.unused_data:
+        raise InvalidInput(f"the {name} body is cut short or has bytes after its end")
+    return data
 
 
 def speaks_v2(path: str) -> bool:

@@ -21,8 +21,16 @@ from engine.features import check_finite, output_name
 from engine.inputs import Input
 from engine.manifest import Manifest
 from service import metrics
+from service.problems import UnsupportedMediaType
 from service.request_steps import decode, json_response, model_named, ready_model, registry
-from service.v2_framing import HEADER_LENGTH, PREFIX, encode_infer_response, parse_infer_request
+from service.v2_framing import (
+    CONTENT_ENCODINGS,
+    HEADER_LENGTH,
+    PREFIX,
+    decompressed,
+    encode_infer_response,
+    parse_infer_request,
+)
 
 v2 = Blueprint("v2", __name__)
 IMAGE_INPUT = "image"
@@ -86,7 +94,7 @@ def model_ready(model_name: str):
 def infer(model_name: str):
     model = ready_model(model_name)
     manifest = model.manifest
-    parsed = parse_infer_request(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
+    parsed = parse_infer_request(_body(), request.headers.get(HEADER_LENGTH))
     shapes = output_shapes(manifest)
     wanted = parsed.outputs or [(name, parsed.binary_outputs) for name in default_outputs(manifest)]
     for name, _ in wanted:
@@ -112,6 +120,16 @@ def infer(model_name: str):
     response = Response(body, mimetype="application/octet-stream")
     response.headers[HEADER_LENGTH] = str(json_length)
     return response
+
+
+def _body() -> bytes:
+    """The request body, inflated if tritonclient compressed it (Content-Encoding gzip or deflate)."""
+    encoding = request.headers.get("Content-Encoding")
+    try:
+        return decompressed(request.get_data(cache=False), encoding, registry().settings.max_body_bytes)
+    except LookupError:
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not read; send the body as it is, or as "
+                                   f"{' or '.join(CONTENT_ENCODINGS)}") from None  # fmt: skip
 
 
 def _batch(given, model, manifest: Manifest) -> np.ndarray:

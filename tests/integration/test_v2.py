@@ -94,6 +94,21 @@ def test_bytes_in_json_are_base64_and_give_the_binary_numbers(client, photos):
     np.testing.assert_array_equal(from_json, from_binary)
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_as_tritonclient_sends_them(client, photos, algorithm):
+    wanted = [triton.InferRequestedOutput("stride16__max", binary_data=True)]
+    plain = client.infer(MODEL, [images_input(photos[:1])], outputs=wanted).as_numpy("stride16__max")
+    packed = client.infer(MODEL, [images_input(photos[:1])], outputs=wanted, request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm).as_numpy("stride16__max")  # fmt: skip
+    np.testing.assert_array_equal(plain, packed)
+
+
+def test_an_unknown_content_encoding_is_415(server):
+    answer = requests.post(f"{server.url}/v2/models/{MODEL}/infer", data=b"\x1b\x00", timeout=30,
+                           headers={"Content-Encoding": "br"})  # fmt: skip
+    assert answer.status_code == 415 and "gzip or deflate" in answer.json()["error"]
+
+
 def post_infer(server, header: dict | bytes, binary: bytes = b"", model: str = MODEL) -> requests.Response:
     """An infer request framed by hand, to send what no well-behaved client would."""
     text = header if isinstance(header, bytes) else json.dumps(header).encode()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
+
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from engine.errors import InvalidInput
-from service.v2_framing import encode_infer_response, parse_infer_request
+from engine.errors import InvalidInput, TooLarge
+from service.v2_framing import decompressed, encode_infer_response, parse_infer_request
 
 
 def request_body(inputs, outputs=None):
@@ -73,3 +76,20 @@ def test_answers_tritonclient_reads():
     np.testing.assert_array_equal(result.as_numpy("stem__avg"), stem)
     np.testing.assert_array_equal(result.as_numpy("logits"), logits)
     assert result.get_response()["id"] == "r1"
+
+
+def test_compressed_bodies_inflate_within_the_limit():
+    """tritonclient's request_compression_algorithm: gzip, or deflate meaning zlib's format."""
+    body = b'{"inputs": []}' * 100
+    assert decompressed(gzip.compress(body), "gzip", len(body)) == body
+    assert decompressed(zlib.compress(body), "Deflate", len(body)) == body
+    assert decompressed(body, None, 0) == body  # identity: the body limit was enforced on the wire
+    bomb = gzip.compress(bytes(50_000_000))  # 49 KB that would inflate to 50 MB: stops at the limit
+    with pytest.raises(TooLarge, match="inflates past the body limit of 1000000"):
+        decompressed(bomb, "gzip", 1_000_000)
+    with pytest.raises(InvalidInput, match="cut short"):
+        decompressed(gzip.compress(body)[:-12], "gzip", len(body))
+    with pytest.raises(InvalidInput, match="not valid gzip"):
+        decompressed(b"not gzip at all", "gzip", 100)
+    with pytest.raises(LookupError):
+        decompressed(body, "br", len(body))
