@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.metadata
 
 import numpy as np
 from flask import Blueprint, Response, request
@@ -33,6 +34,7 @@ from service.v2_framing import (
 )
 
 v2 = Blueprint("v2", __name__)
+SERVER = "cnn-features"  # the distribution's name: /v2's server metadata reports its installed version
 IMAGE_INPUT = "image"
 VERSION = "1"  # one version per model name: a reload replaces it
 HEALTH_PATHS = {f"{PREFIX}/health/live", f"{PREFIX}/health/ready"}  # probes: open without the API key
@@ -64,7 +66,14 @@ def ready():
 
 @v2.get("/v2")
 def server_metadata():
-    return json_response({"name": "cnn-features", "version": "1.0.0", "extensions": ["binary_tensor_data"]})
+    return json_response({"name": SERVER, "version": _server_version(), "extensions": ["binary_tensor_data"]})
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version(SERVER)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 @v2.get("/v2/models/<model_name>")

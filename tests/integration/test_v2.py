@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import re
 
@@ -49,7 +50,9 @@ def v1_vectors(server, photos: list[bytes], layer: str, pooling: str = "avg") ->
 
 def test_health_metadata_and_readiness(client, lite0_manifest):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
-    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    server_metadata = client.get_server_metadata()
+    assert server_metadata == {"name": "cnn-features", "version": importlib.metadata.version("cnn-features"),
+                               "extensions": ["binary_tensor_data"]}  # fmt: skip
     metadata = client.get_model_metadata(MODEL)
     assert {tensor["name"] for tensor in metadata["inputs"]} == {"image", lite0_manifest.onnx.input}
     outputs = {tensor["name"]: tensor["shape"] for tensor in metadata["outputs"]}
