@@ -137,7 +137,7 @@ def _input(spec, index: int, binary: memoryview) -> tuple[InputTensor, int]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise InvalidInput(f"input {name}: shape must be a list of at most {MAX_RANK} non-negative integers")
-    if datatype != "BYTES" and datatype not in FIXED_DATATYPES:
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in FIXED_DATATYPES):
         raise InvalidInput(f"input {name}: unknown datatype {datatype!r}")
     count = math.prod(shape)
     parameters = spec.get("parameters") or {}
