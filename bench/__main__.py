@@ -5,13 +5,17 @@ of every level:
   1. ceiling: in-process decode + ONNX Runtime, pipelined (and sequential, for per-image latency), and
      inference alone at batch 8 in fp32 and int8;
   2. service: the repo's gunicorn config at concurrency 1, 8, 32 with raw, multipart and base64-JSON bodies,
-     the int8 export at 1 and 8, and small photos only at 8;
+     the Open Inference Protocol (KServe V2) infer route at 1 and 8 (the image as a binary BYTES input, the
+     default outputs, every layer's avg vector, as binary), the int8 export at 1 and 8, and small photos only
+     at 8;
   3. hand-written Flask + ONNX Runtime route; 4. hand-written Flask + PyTorch eager route; each swept over a
      few simple gunicorn/thread configurations (bench/baseline_sweep.py), the fastest then timed in full;
   5. early layers only vs all levels; full maps of the stem (one image's 1.6 MB) as JSON numbers, base64 float16
-     in JSON, and binary safetensors in float32 and float16 (Accept: application/x-safetensors), with answer sizes;
+     in JSON, binary safetensors in float32 and float16 (Accept: application/x-safetensors), and V2 binary
+     tensor data (output `stem` with binary_data), with answer sizes;
   6. batch extraction (python -m extract, local engine) of a folder of copies of the photos.
-Load comes from wrk in its own process. Results: results.json, results.md and chart.png in --out.
+Before timing, the service's answers are checked against the in-process numbers, and its V2 answers against
+/v1's. Load comes from wrk in its own process. Results: results.json, results.md and chart.png in --out.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
 INT8 = f"{MODEL}-int8"
 FEATURES = f"/v1/models/{MODEL}/features"
+V2_INFER = f"/v2/models/{MODEL}/infer"
 INT8_FEATURES = f"/v1/models/{INT8}/features"
 STEM_MAP_FORMS = [  # (row name, extra query, Accept): one stem map per answer, in each form a client can ask for
     ("json", "", ""),
@@ -101,9 +106,12 @@ def run(args: argparse.Namespace) -> dict:
     record("batch extract (local engine)", 0, "-", batch_extract(args.models_dir, work, seconds))
 
     bodies = {kind: load.prepare_bodies(images, kind, work / kind) for kind in ("raw", "multipart", "json")}
+    v2_default = load.prepare_bodies(images, "v2", work / "v2", verify.V2_DEFAULT)
+    v2_stem = load.prepare_bodies(images, "v2", work / "v2-stem", verify.V2_STEM)
     server = servers.service(args.models_dir, work / "service.log", **results["service_env"]).wait_ready()
     try:
         results["checks"] = verify.check_service(server.url + FEATURES, manifest, model_path, images)
+        results["checks"] |= verify.check_v2(server.url + FEATURES, server.url + V2_INFER, manifest, images)
         repeats = 1 if args.quick else 10
         results["server_timings_ms"] = {
             query or "all levels": verify.server_timings(server.url + FEATURES, images, query, repeats)
@@ -115,6 +123,9 @@ def run(args: argparse.Namespace) -> dict:
             for kind in ("raw", "multipart", "json"):
                 summary = load.wrk(server.url, FEATURES, bodies[kind], concurrency, seconds)
                 record("service", concurrency, kind, summary, rss_mib=server.rss_mib())
+            if concurrency in (1, 8):
+                summary = load.wrk(server.url, V2_INFER, v2_default, concurrency, seconds)
+                record("service v2 binary", concurrency, "v2", summary, rss_mib=server.rss_mib())
         small = load.prepare_bodies(baseline_sweep.small_photos(images), "raw", work / "small")
         summary = load.wrk(server.url, FEATURES, small, 8, seconds)
         record("service small photos", 8, "raw", summary, rss_mib=server.rss_mib())
@@ -129,6 +140,7 @@ def run(args: argparse.Namespace) -> dict:
             path = f"{FEATURES}?layers=stem&pooling=none{query}"
             summary = load.wrk(server.url, path, bodies["raw"], 1, seconds, accept)
             record(f"service stem maps {name}", 1, "raw", summary)
+        record("service stem maps v2 binary", 1, "v2", load.wrk(server.url, V2_INFER, v2_stem, 1, seconds))
         results["service_rss_mib_after"] = server.rss_mib()
     finally:
         server.stop()

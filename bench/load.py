@@ -1,7 +1,8 @@
 """Load generation with wrk (C, epoll: costs the server's cores far less than a Python client would).
 
-Bodies are prepared up front (raw JPEG, multipart or base64 JSON) and sent round-robin over keep-alive
-connections; wrk is closed-loop, so concurrency = connections.
+Bodies are prepared up front (raw JPEG, multipart, base64 JSON, or an Open Inference Protocol (KServe V2) infer
+body with the image as binary BYTES) and sent round-robin over keep-alive connections; wrk is closed-loop, so
+concurrency = connections.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import struct
 import subprocess
 import time
 import uuid
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("wrk.lua")
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class LoadError(RuntimeError):
@@ -29,8 +32,12 @@ class Bodies:
     content_type: str
 
 
-def prepare_bodies(images: list[bytes], kind: str, folder: Path, fields: dict[str, str] | None = None) -> Bodies:
-    """One request body per image, in `kind` = raw | multipart | json, written as folder/<i>.body."""
+def prepare_bodies(images: list[bytes], kind: str, folder: Path, fields: dict | None = None) -> Bodies:
+    """One request body per image, in `kind` = raw | multipart | json | v2, written as folder/<i>.body.
+
+    `fields`: form fields (multipart), or top-level members added to the JSON body (json) or to the V2
+    inference header (v2: e.g. "outputs" or "parameters"). A v2 body also gets folder/<i>.headers, its
+    Inference-Header-Content-Length, which bench/wrk.lua sends with that body."""
     fields = fields or {}
     folder.mkdir(parents=True, exist_ok=True)
     boundary = uuid.uuid4().hex
@@ -55,10 +62,24 @@ def prepare_bodies(images: list[bytes], kind: str, folder: Path, fields: dict[st
         elif kind == "json":
             payload = {"inputs": [{"image": base64.b64encode(image).decode()}], **fields}
             body, content_type = json.dumps(payload).encode(), "application/json"
+        elif kind == "v2":
+            body, json_length = v2_infer_body(image, fields)
+            content_type = "application/octet-stream"
+            (folder / f"{index}.headers").write_text(f"{V2_HEADER_LENGTH}: {json_length}\n")
         else:
             raise ValueError(f"unknown body kind {kind!r}")
         (folder / f"{index}.body").write_bytes(body)
     return Bodies(folder, len(images), content_type)
+
+
+def v2_infer_body(image: bytes, fields: dict) -> tuple[bytes, int]:
+    """A V2 infer body for one image as the `image` BYTES input, framed as tritonclient.http frames it
+    (InferenceServerClient.generate_request_body): the JSON header, then the element's 4-byte little-endian
+    length and its bytes. Returns the body and the header's length (Inference-Header-Content-Length)."""
+    element = struct.pack("<I", len(image)) + image
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(element)}}
+    header = json.dumps({"inputs": [tensor], **fields}, separators=(",", ":")).encode()
+    return header + element, len(header)
 
 
 def wrk(url: str, path: str, bodies: Bodies, concurrency: int, seconds: float, accept: str = "") -> dict:

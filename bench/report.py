@@ -91,6 +91,21 @@ def ratios(results: dict) -> dict:
             _run(results, "service stem maps safetensors fp16", 1)["response_bytes"] or 0,
             _run(results, "service stem maps base64", 1)["response_bytes"] or 0,
         ),
+        "stem_maps_v2_binary_over_json_p50": _divide(
+            p50_ms(_run(results, "service stem maps v2 binary", 1, "v2")),
+            p50_ms(_run(results, "service stem maps json", 1)),
+        ),
+        "stem_maps_v2_binary_over_safetensors_p50": _divide(
+            p50_ms(_run(results, "service stem maps v2 binary", 1, "v2")),
+            p50_ms(_run(results, "service stem maps safetensors", 1)),
+        ),
+        "stem_maps_v2_binary_over_json_bytes": _divide(
+            _run(results, "service stem maps v2 binary", 1, "v2")["response_bytes"] or 0,
+            _run(results, "service stem maps json", 1)["response_bytes"] or 0,
+        ),
+        "service_v2_binary_c8_over_raw_c8": _divide(
+            _run(results, "service v2 binary", 8, "v2")["images_per_s"], _run(results, "service", 8)["images_per_s"]
+        ),
         "int8_over_fp32_compute_batch8": _divide(_mean(results, "ceiling compute int8"),
                                                  _mean(results, "ceiling compute fp32")),
         "int8_over_fp32_pipelined": _divide(_run(results, "ceiling pipelined int8", 0)["images_per_s"],
@@ -162,7 +177,8 @@ def markdown(results: dict) -> str:
     if checks:
         lines += [
             "",
-            "Correctness before timing (largest |service - in-process| over every layer and photo): "
+            "Correctness before timing (largest |service - in-process| over every layer and photo; the V2 route's "
+            "answers against /v1's): "
             + ", ".join(f"{k} = {v:.2e}" if isinstance(v, float) else f"{k} = {v}" for k, v in checks.items()),
         ]
     return "\n".join(lines) + "\n"

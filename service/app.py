@@ -26,10 +26,13 @@ from service.problems import Unauthorized, problem, problem_headers, status_of
 from service.request_steps import json_response, release_models
 from service.routes import api
 from service.search_routes import search_routes
+from service.v2_framing import speaks_v2
+from service.v2_routes import HEALTH_PATHS as V2_HEALTH_PATHS
+from service.v2_routes import v2
 
 log = logging.getLogger("service")
 access = logging.getLogger("service.access")
-OPEN_PATHS = {"/healthz", "/readyz", *PAGE_PATHS}  # probes and the data-free page stay reachable without the API key
+OPEN_PATHS = {"/healthz", "/readyz", *V2_HEALTH_PATHS, *PAGE_PATHS}  # probes and the data-free page: no API key
 FORM_OPTION_PARTS = 64  # multipart parts allowed beyond the images, for options sent as repeated fields
 
 
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = Fals
     app.register_blueprint(pictures)
     app.register_blueprint(search_routes)
     app.register_blueprint(admin)
+    app.register_blueprint(v2)
     app.extensions["index"] = open_index(settings.index) if settings.index else None  # opened lazily
     _install_request_ids(app)
     app.teardown_request(lambda _error: release_models())  # a reload closes a model once no request holds it
@@ -132,8 +136,11 @@ def _problem(status: int, detail: str, facts: dict | None = None):
     facts = facts or {}
     request_id = g.get("request_id")
     body = problem(status, detail, facts, request_id)
-    response = json_response(body, status)
-    response.mimetype = "application/problem+json"
+    if speaks_v2(request.path):  # the Open Inference Protocol's own error form
+        response = json_response({"error": detail}, status)
+    else:
+        response = json_response(body, status)
+        response.mimetype = "application/problem+json"
     response.headers.update(problem_headers(status, facts))
     metrics.ERRORS.labels(str(status), body["title"]).inc()
     level = logging.WARNING if status >= 500 else logging.INFO

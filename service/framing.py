@@ -30,6 +30,7 @@ class FramingError(Exception):
         self.detail = detail
         self.extensions = extensions
         self.request_id: str | None = None
+        self.target: bytes | None = None  # the request target, once the request line is read
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Head:
     """What framing needs from a header block."""
 
     size: int  # bytes of the request line and headers, blank line included
+    target: bytes  # path and query, as sent: a refusal answers in the form of the API it was meant for
     request_id: str | None
     version: tuple[int, int]
     content_length: int | None
@@ -50,6 +52,14 @@ def parse_head(block: bytes, max_body_bytes: int) -> Head:
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise FramingError(400, "malformed request line; expected 'METHOD TARGET HTTP/1.1'")
+    try:
+        return _head(lines, parts, len(block), max_body_bytes)
+    except FramingError as exc:
+        exc.target = parts[1]  # so the refusal answers in the form of the API the request was meant for
+        raise
+
+
+def _head(lines: list[bytes], parts: list[bytes], size: int, max_body_bytes: int) -> Head:
     version = _VERSIONS.get(parts[2])
     if version is None:
         raise FramingError(400, f"HTTP version {_show(parts[2])} is not served; use HTTP/1.1 or HTTP/1.0")
@@ -63,14 +73,19 @@ def parse_head(block: bytes, max_body_bytes: int) -> Head:
         fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
     request_id = fields.get(b"x-request-id", [b""])[0].decode("latin-1") or None
     try:
-        return _framed(fields, version, len(block), request_id, max_body_bytes)
+        return _framed(fields, version, size, parts[1], request_id, max_body_bytes)
     except FramingError as exc:
         exc.request_id = request_id  # so the refusal echoes it, as the app's answers do
         raise
 
 
 def _framed(
-    fields: dict[bytes, list[bytes]], version: tuple[int, int], size: int, request_id: str | None, max_body_bytes: int
+    fields: dict[bytes, list[bytes]],
+    version: tuple[int, int],
+    size: int,
+    target: bytes,
+    request_id: str | None,
+    max_body_bytes: int,
 ) -> Head:
     content_length = _content_length(fields.get(b"content-length", []))
     chunked = _chunked(fields.get(b"transfer-encoding"), version)
@@ -79,7 +94,7 @@ def _framed(
     if content_length is not None and content_length > max_body_bytes:
         raise _too_large(f"Content-Length {content_length}", max_body_bytes)
     expect_continue = _expects_continue(fields.get(b"expect", []), version)
-    return Head(size, request_id, version, content_length, chunked, expect_continue)
+    return Head(size, target, request_id, version, content_length, chunked, expect_continue)
 
 
 def _content_length(values: list[bytes]) -> int | None:
@@ -147,8 +162,12 @@ class RequestFramer:
         end = self._held.find(b"\r\n\r\n", start)
         size = end + 4 if end >= 0 else len(self._held)  # the head, or what has come of it so far
         if size > self.max_head_bytes:
-            raise FramingError(431, f"request line and headers exceed {self.max_head_bytes} bytes",
-                               limit=self.max_head_bytes)  # fmt: skip
+            error = FramingError(431, f"request line and headers exceed {self.max_head_bytes} bytes",
+                                 limit=self.max_head_bytes)  # fmt: skip
+            line, ended, _ = bytes(self._held[: self.max_head_bytes]).partition(b"\r\n")
+            parts = line.split(b" ")
+            error.target = parts[1] if ended and len(parts) == 3 else None
+            raise error
         if end < 0:
             return len(data)
         used = len(data) - (len(self._held) - size)

@@ -35,6 +35,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from engine.settings import Settings
 from service.framing import FramingError, RequestFramer
 from service.logs import request_id_from
+from service.v2_framing import speaks_v2
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; gunicorn's finer per-line limits still apply after
 SPOOL_IN_MEMORY = 1024 * 1024  # a request body above this waits on disk, not in the worker's memory
@@ -50,13 +51,20 @@ _CLIENT_ERROR_STATUS = {  # gunicorn's parser exceptions -> status; any other is
 }
 
 
-def problem_bytes(status: int, detail: str, request_id: str | None = None, **extensions: object) -> bytes:
-    """A complete HTTP/1.1 problem+json response that closes the connection, with a request id like the app's."""
+def problem_bytes(
+    status: int, detail: str, request_id: str | None = None, target: bytes | None = None, **extensions: object
+) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection, with a request id like the app's.
+
+    problem+json, or `{"error": …}` when the request was meant for the Open Inference Protocol's routes."""
     title = HTTPStatus(status).phrase
     request_id = request_id_from(request_id)
-    problem = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extensions}
-    body = orjson.dumps({**problem, "request_id": request_id})
-    head = (f"HTTP/1.1 {status} {title}\r\nContent-Type: application/problem+json\r\n"
+    if target is not None and speaks_v2(target.partition(b"?")[0].decode("latin-1")):
+        body, media_type = orjson.dumps({"error": detail}), "application/json"
+    else:
+        problem = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extensions}
+        body, media_type = orjson.dumps({**problem, "request_id": request_id}), "application/problem+json"
+    head = (f"HTTP/1.1 {status} {title}\r\nContent-Type: {media_type}\r\n"
             f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\nConnection: close\r\n\r\n")  # fmt: skip
     return head.encode("latin-1") + body
 
@@ -150,6 +158,7 @@ class BufferingWorker(ThreadWorker):
         self.limits = Settings.from_env()
         self.receiving: set[BufferedConn] = set()  # waiting for (the rest of) a request, or lingering closed
         self._idle_capped = False  # on stop, idle connections were given their last moments
+        self._answering = threading.local()  # .target: the request a thread is answering, for handle_error
 
     def init_process(self):
         """After the fork: give freed image memory back to the OS (engine/memory.py), then gthread's set-up."""
@@ -211,7 +220,7 @@ class BufferingWorker(ThreadWorker):
             used = conn.framer.feed(data)
         except FramingError as exc:
             reason = "too_large" if exc.status == 413 else "malformed"
-            self._refuse(conn, exc.status, exc.detail, reason, exc.request_id, **exc.extensions)
+            self._refuse(conn, exc.status, exc.detail, reason, exc.request_id, exc.target, **exc.extensions)
             return
         conn.store.write(data[:used])
         conn.leftover = data[used:]
@@ -250,12 +259,14 @@ class BufferingWorker(ThreadWorker):
     # --- refusing and closing, without blocking the loop ---------------------------------------------------
 
     def _refuse(self, conn: BufferedConn, status: int, detail: str, reason: str, request_id: str | None = None,
-                **extensions: object) -> None:  # fmt: skip
-        request_id = request_id_from(request_id or (conn.framer.head.request_id if conn.framer.head else None))
+                target: bytes | None = None, **extensions: object) -> None:  # fmt: skip
+        head = conn.framer.head
+        request_id = request_id_from(request_id or (head.request_id if head else None))
         self.log.info("refused request %s from %s: %d %s", request_id, conn.client[0] if conn.client else "?",
                       status, detail)  # fmt: skip
         _count_refusal(reason)
-        self._send_quietly(conn, problem_bytes(status, detail, request_id, **extensions))
+        target = target or (head.target if head else None)
+        self._send_quietly(conn, problem_bytes(status, detail, request_id, target, **extensions))
         self._linger(conn)
 
     def _linger(self, conn: BufferedConn) -> None:
@@ -311,6 +322,15 @@ class BufferingWorker(ThreadWorker):
 
     # --- in a request thread ---------------------------------------------------------------------------------
 
+    def handle(self, conn):
+        """gthread's, noting which target this thread answers: gunicorn's own refusals are not told the request."""
+        head = conn.framer.head
+        self._answering.target = head.target if head else None
+        try:
+            return super().handle(conn)
+        finally:
+            self._answering.target = None
+
     def handle_request(self, req, conn):
         """gthread's handler, with writes bounded: a client that stops reading frees the thread."""
         conn.sock.settimeout(self.limits.send_timeout)
@@ -334,6 +354,6 @@ class BufferingWorker(ThreadWorker):
             self.log.exception("error handling request")
             status, detail = 500, "internal error; see the server log"
         try:
-            util.write_nonblock(client, problem_bytes(status, detail))
+            util.write_nonblock(client, problem_bytes(status, detail, target=getattr(self._answering, "target", None)))
         except Exception:
             self.log.debug("failed to send the error answer")

@@ -5,7 +5,9 @@ Servers come from bench/servers.py (tests/integration/conftest.py wraps it); not
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from engine.images import load_tensor
 
 __all__ = [
     "REPO", "assert_first_filter_drawn", "assert_pooled_layers_equal", "direct_run", "encode", "exif", "free_port",
-    "photo", "photo_jpeg", "top5", "wait_until",
+    "photo", "photo_jpeg", "run_python_examples", "top5", "wait_until",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,3 +103,19 @@ def assert_first_filter_drawn(image: Image.Image, onnx_path: Path) -> None:
     weights = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == conv.input[1])
     expected = 0.5 + 0.5 * weights[0, :, 0, 0] / np.abs(weights[0]).max()  # filter 0, its top-left weight
     assert np.abs(np.asarray(image)[10, 10] - expected * 255).max() <= 1
+
+
+def run_python_examples(doc: str, server_url: str) -> str:
+    """The ```python blocks of docs/`doc`, run in order as written (against `server_url` instead of
+    localhost:8000) in the current folder; what they print. A doc's example that fails fails the test."""
+    text = (REPO / "docs" / doc).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks, f"docs/{doc} has no ```python example"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for block in blocks:
+            code = block.replace("http://localhost:8000", server_url).replace(
+                "localhost:8000", server_url.split("//")[-1]
+            )
+            exec(compile(code, f"docs/{doc}", "exec"), {})
+    return printed.getvalue()

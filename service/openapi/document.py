@@ -1,5 +1,5 @@
 """The whole document: info, tags, security schemes, the probes, models and features paths, and the assembly of
-every part's paths and schemas in the order the document has always had."""
+every part's paths and schemas in the order the document has always had (/v2 after /v1)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,17 @@ from service.openapi.options import FEATURE_OPTIONS, image_body, query_parameter
 from service.openapi.pictures import LABELS, PICTURE_SCHEMAS, picture_paths
 from service.openapi.schemas import SCHEMAS
 from service.openapi.search import SEARCH_SCHEMAS, search_paths
+from service.openapi.v2 import TAG as V2_TAG
+from service.openapi.v2 import TAG_DESCRIPTION as V2_TAG_DESCRIPTION
+from service.openapi.v2 import V2_SCHEMAS, v2_paths
 from service.responses import NPZ, SAFETENSORS
 
 _SECURITY = {
     "apiKey": {
         "type": "http",
         "scheme": "bearer",
-        "description": "FEATURES_API_KEY: every route but the probes and the page needs it when the service has "
-        "one (401 otherwise); a service without one takes requests without it",
+        "description": "FEATURES_API_KEY: every route but the probes (/v2/health/* too) and the page needs it when "
+        "the service has one (401 otherwise); a service without one takes requests without it",
     },
     "adminKey": {
         "type": "http",
@@ -69,6 +72,7 @@ def openapi_document() -> dict:
             {"name": "pictures", "description": "filters, activation maps and the page"},
             {"name": "search", "description": "nearest indexed images per layer"},
             {"name": "admin", "description": "operators' calls, behind the admin key"},
+            {"name": V2_TAG, "description": V2_TAG_DESCRIPTION},
         ],
         "paths": {
             "/healthz": {
@@ -123,6 +127,7 @@ def openapi_document() -> dict:
             **picture_paths(model),
             **search_paths(model),
             **ADMIN_PATHS,
+            **v2_paths(model),
             "/openapi.json": {
                 "get": {
                     "operationId": "get_openapi",
@@ -153,7 +158,14 @@ def openapi_document() -> dict:
             },
         },
         "components": {
-            "schemas": {**SCHEMAS, **SEARCH_SCHEMAS, **PICTURE_SCHEMAS, **ADMIN_SCHEMAS, "Labels": LABELS},
+            "schemas": {
+                **SCHEMAS,
+                **SEARCH_SCHEMAS,
+                **PICTURE_SCHEMAS,
+                **ADMIN_SCHEMAS,
+                "Labels": LABELS,
+                **V2_SCHEMAS,
+            },
             "securitySchemes": _SECURITY,
         },
     }

@@ -31,19 +31,26 @@ def test_quick_benchmark_runs_every_scenario(lite0_dir, lite0_int8_dir, tmp_path
     assert checks["all_layers_returned"]
     for key in ("unbatched_max_abs_error", "batched_max_abs_error", "subgraph_max_abs_error"):
         assert checks[key] <= 1e-4, (key, checks[key])
+    # the V2 route's binary answers hold /v1's numbers: the stem map (safetensors) and the default pooled vectors
+    assert checks["v2_stem_equals_v1"] and checks["v2_stem_vs_v1_safetensors_max_abs_error"] <= 1e-5, checks
+    assert checks["v2_default_equals_v1"] and checks["v2_default_vs_v1_max_abs_error"] <= 1e-5, checks
     scenarios = {(run["scenario"], run["concurrency"], run["body"]) for run in results["runs"]}
     for concurrency in (1, 8, 32):
         for body in ("raw", "multipart", "json"):
             assert ("service", concurrency, body) in scenarios
+    assert {("service v2 binary", 1, "v2"), ("service v2 binary", 8, "v2")} <= scenarios
     for name in ("hand-written ORT", "hand-written PyTorch", "service low levels only", "service int8",
                  "service small photos", "service int8 small photos"):  # fmt: skip
         assert (name, 8, "raw") in scenarios
     stem_maps = {run["scenario"].removeprefix("service stem maps "): run for run in results["runs"]
                  if run["scenario"].startswith("service stem maps ")}  # fmt: skip
-    assert set(stem_maps) == {"json", "base64", "safetensors", "safetensors fp16"}
+    assert set(stem_maps) == {"json", "base64", "safetensors", "safetensors fp16", "v2 binary"}
+    assert stem_maps["v2 binary"]["body"] == "v2"
     sizes = {name: run["response_bytes"] for name, run in stem_maps.items() if run["requests"]}
     if {"json", "safetensors"} <= set(sizes):  # one stem map is 32x112x112 floats: 1.6 MB raw, 3+ MB as JSON
         assert 32 * 112 * 112 * 4 < sizes["safetensors"] < 32 * 112 * 112 * 4 + 4000 < sizes["json"]
+    if "v2 binary" in sizes:  # the raw floats after a JSON header, like safetensors
+        assert 32 * 112 * 112 * 4 < sizes["v2 binary"] < 32 * 112 * 112 * 4 + 4096
     sweep = [run for run in results["runs"] if run["scenario"] == "hand-written ORT sweep"]
     assert {run["photos"] for run in sweep} == {"mixed", "small"} and len({run["config"] for run in sweep}) >= 4
     assert load_manifest(models / "efficientnet_lite0-int8" / "model.json").precision == "int8"
@@ -52,10 +59,40 @@ def test_quick_benchmark_runs_every_scenario(lite0_dir, lite0_int8_dir, tmp_path
         if run["scenario"].startswith(("service", "ceiling")) and run["concurrency"] in (0, 1, 8):
             assert run["images_per_s"] > 0, run  # slower runs may finish no request in 1 s on a busy machine
     assert set(results["ratios"]) >= {"service_c8_over_ceiling", "low_only_over_all_levels_compute",
-                                      "int8_over_fp32_compute_batch8", "service_int8_c8_over_fp32_c8"}  # fmt: skip
-    assert "| service | 8 | raw |" in (out / "results.md").read_text()
+                                      "int8_over_fp32_compute_batch8", "service_int8_c8_over_fp32_c8",
+                                      "stem_maps_v2_binary_over_json_p50", "stem_maps_v2_binary_over_safetensors_p50",
+                                      "stem_maps_v2_binary_over_json_bytes",
+                                      "service_v2_binary_c8_over_raw_c8"}  # fmt: skip
+    markdown = (out / "results.md").read_text()
+    assert "| service | 8 | raw |" in markdown and "| service v2 binary | 8 | v2 |" in markdown
+    assert "| service stem maps v2 binary | 1 | v2 |" in markdown
+    assert "| service_v2_binary_c8_over_raw_c8 |" in markdown
     with Image.open(out / "chart.png") as chart:
         assert chart.format == "PNG" and chart.width > 600
+
+
+def test_v2_bodies_are_framed_as_tritonclient_frames_them(tmp_path):
+    """bench/load.py builds V2 infer bodies by hand (the bench extra has no tritonclient): the same bytes as
+    tritonclient.http's generate_request_body, and each body's Inference-Header-Content-Length beside it."""
+    import numpy as np
+    import tritonclient.http as triton
+
+    from bench import load, verify
+
+    images = [b"\xff\xd8 a photo \x00\x00", b"\xff\xd8" + bytes(range(256)) * 3]
+    image_input = triton.InferInput("image", [1], "BYTES")
+    cases = ((verify.V2_DEFAULT, None), (verify.V2_STEM, [triton.InferRequestedOutput("stem", binary_data=True)]))
+    for case, (fields, outputs) in enumerate(cases):
+        bodies = load.prepare_bodies(images, "v2", tmp_path / f"v2-{case}", fields)
+        assert bodies.count == 2 and bodies.content_type == "application/octet-stream"
+        for index, image in enumerate(images):
+            image_input.set_data_from_numpy(np.array([image], dtype=object), binary_data=True)
+            body, json_length = triton.InferenceServerClient.generate_request_body([image_input], outputs=outputs)
+            assert (bodies.folder / f"{index}.body").read_bytes() == body
+            headers = (bodies.folder / f"{index}.headers").read_text()
+            assert headers == f"Inference-Header-Content-Length: {json_length}\n"
+    raw = load.prepare_bodies(images, "raw", tmp_path / "raw")  # other kinds: no per-body headers
+    assert not list(raw.folder.glob("*.headers"))
 
 
 def test_memory_benchmark_measures_each_model_and_cut(models_dir, tmp_path):

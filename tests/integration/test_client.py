@@ -9,9 +9,6 @@ example runs as written.
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
-import re
 import subprocess
 import sys
 import threading
@@ -41,7 +38,7 @@ from features_client import (
     Unprocessable,
 )
 from features_client.results import NPZ
-from tests.helpers import REPO, encode, free_port, photo_jpeg
+from tests.helpers import REPO, encode, free_port, photo_jpeg, run_python_examples
 from tests.integration.conftest import Server
 
 pytestmark = pytest.mark.integration
@@ -347,14 +344,8 @@ def test_retries_end_and_other_refusals_are_never_retried(flaky, photos):
 
 def test_the_docs_example_runs(server, photos, tmp_path, monkeypatch):
     """docs/client.md's Python blocks, in a folder holding its cat.jpg and coffee.jpg, against the test server."""
-    text = (REPO / "docs" / "client.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
-    assert blocks, "docs/client.md has no ```python example"
     (tmp_path / "cat.jpg").write_bytes(photos[0].read_bytes())
     (tmp_path / "coffee.jpg").write_bytes(photos[1].read_bytes())
     monkeypatch.chdir(tmp_path)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        for block in blocks:
-            exec(compile(block.replace("http://localhost:8000", server.url), "docs/client.md", "exec"), {})
-    assert "(2, 1280)" in printed.getvalue() and "Egyptian cat" in printed.getvalue()
+    printed = run_python_examples("client.md", server.url)
+    assert "(2, 1280)" in printed and "Egyptian cat" in printed

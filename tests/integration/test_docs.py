@@ -37,7 +37,8 @@ URL_PATH = re.compile(r"localhost:8000(/[^\s'\"?]*)")
 MODEL = "/v1/models/efficientnet_lite0"
 COVERED_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/models", MODEL, f"{MODEL}/features",
                  f"{MODEL}/labels", f"{MODEL}/layers/stem/filters.png", f"{MODEL}/layers/stride8/maps.png",
-                 f"{MODEL}/search", "/v1/index"}  # fmt: skip
+                 f"{MODEL}/search", "/v1/index", "/v2/models/efficientnet_lite0",
+                 "/v2/models/efficientnet_lite0/infer"}  # fmt: skip
 COVERED_STATUSES = {200, 400, 404, 413, 415, 422}
 INDEXED_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # the index docs/search.md's examples search
 

@@ -1,6 +1,7 @@
 """/openapi.json as a contract that generators can use: a client generated from the live document with
 openapi-python-client (configured as docs/api.md shows, and without a single warning) drives every operation
-against a real gunicorn with an API key and a search index: every input form, binary answers, typed problems.
+against a real gunicorn with an API key and a search index: every input form, binary answers, typed problems,
+and the Open Inference Protocol under /v2 (JSON and binary bodies, typed V2Error answers).
 
 One server and one generated client serve the whole module.
 """
@@ -8,11 +9,13 @@ One server and one generated client serve the whole module.
 from __future__ import annotations
 
 import base64
+import gzip
 import importlib
 import io
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -40,6 +43,7 @@ ADMIN_KEY = "generated-client-admin-key"
 PACKAGE = "cnn_features_client"
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 TROUBLE = re.compile(r"warning|could not", re.IGNORECASE)
+V2 = "Open Inference Protocol"  # the tag of the /v2 operations
 
 
 def documented_config() -> str:
@@ -134,7 +138,9 @@ def generated(server, tmp_path_factory):
 
 
 def operation(tag: str, operation_id: str):
-    return importlib.import_module(f"{PACKAGE}.api.{tag}.{operation_id}")
+    """The generated module of an operation; its package is the tag in snake_case, as the generator names it."""
+    package = re.sub(r"\W+", "_", tag).lower()
+    return importlib.import_module(f"{PACKAGE}.api.{package}.{operation_id}")
 
 
 @pytest.fixture(scope="module")
@@ -408,3 +414,102 @@ def test_reload_with_the_admin_key_its_report_and_its_problem(generated, server,
         assert reload_models.sync(client=admin).models[MODEL].status == models.ReloadStatus.UNCHANGED
         assert get_model.sync(MODEL, client=client).reload.status == models.ReloadStatus.UNCHANGED
     problem(reload_models.sync(client=client), 401, "admin key")  # the API key is not the admin key
+
+
+# ---- the Open Inference Protocol (KServe V2) -------------------------------------------------------------------
+
+
+def v2_error(answer, status: int, words: str = ""):
+    """Assert a detailed answer is that status parsed as the generated V2Error (with words in its error)."""
+    assert answer.status_code == status and type(answer.parsed).__name__ == "V2Error", answer
+    assert words in answer.parsed.error, answer.parsed
+    return answer.parsed
+
+
+def image_input(models, *images: bytes, name: str = "image"):
+    """The `image` input in JSON: BYTES [N], each image as base64 text."""
+    data = [base64.b64encode(image).decode() for image in images]
+    return models.V2InferInput(name=name, shape=[len(images)], datatype=models.V2Datatype.BYTES, data=data)
+
+
+def test_v2_health_metadata_and_readiness(client, anonymous, models, lite0_manifest):
+    for operation_id in ("v2_server_live", "v2_server_ready"):  # open, like /healthz
+        assert operation(V2, operation_id).sync_detailed(client=anonymous).status_code == 200
+    server = operation(V2, "v2_server_metadata").sync(client=client)
+    assert server.name == "cnn-features" and server.extensions == ["binary_tensor_data"]
+    v2_error(operation(V2, "v2_server_metadata").sync_detailed(client=anonymous), 401, "API key")
+    fp32, shapes = models.V2Datatype.FP32, {layer.name: layer.shape for layer in lite0_manifest.layers}
+    for prefix in ("v2_model", "v2_model_version"):  # /v2/models/{model_name} and …/versions/1
+        metadata = operation(V2, f"{prefix}_metadata").sync(MODEL, client=client)
+        assert isinstance(metadata, models.V2ModelMetadata) and metadata.versions == ["1"], metadata
+        inputs = [(tensor.name, tensor.datatype, tensor.shape) for tensor in metadata.inputs]
+        onnx = lite0_manifest.onnx
+        assert inputs == [("image", models.V2Datatype.BYTES, [-1]), (onnx.input, fp32, [-1, *onnx.input_shape])]
+        outputs = {tensor.name: tensor.shape for tensor in metadata.outputs}
+        assert outputs["stem"] == [-1, *shapes["stem"]] and outputs["stem__avg"] == [-1, shapes["stem"][0]]
+        assert {tensor.datatype for tensor in metadata.outputs} == {fp32}
+        assert operation(V2, f"{prefix}_ready").sync_detailed(MODEL, client=client).status_code == 200
+        v2_error(operation(V2, f"{prefix}_metadata").sync_detailed("nope", client=client), 404, "nope")
+        v2_error(operation(V2, f"{prefix}_ready").sync_detailed("nope", client=client), 404, "nope")
+
+
+def test_v2_infer_gives_the_v1_features_in_json_and_binary_bodies(client, models, types, File, cat):
+    """One output asked for, stride8's average: what /v1 answers for the same image, whichever way it travels."""
+    v1 = operation("features", "extract_features").sync(MODEL, client=client, body=File(payload=io.BytesIO(cat)),
+                                                         layers=["stride8"])  # fmt: skip
+    expected = np.asarray(v1.results[0].features.mid["stride8"].values, dtype=np.float32)
+    asked = [models.V2InferRequestedOutput(name="stride8__avg")]
+    infer, versioned = operation(V2, "v2_model_infer"), operation(V2, "v2_model_version_infer")
+
+    request = models.V2InferRequest(id="cat-1", inputs=[image_input(models, cat)], outputs=asked)
+    answer = infer.sync(MODEL, client=client, body=request)
+    assert isinstance(answer, models.V2InferResponse), answer
+    assert (answer.model_name, answer.model_version, answer.id) == (MODEL, "1", "cat-1")
+    (output,) = answer.outputs
+    assert (output.name, output.datatype, output.shape) == ("stride8__avg", models.V2Datatype.FP32, [1, expected.size])
+    np.testing.assert_allclose(output.data, expected, atol=1e-5)
+    packed = File(payload=io.BytesIO(gzip.compress(json.dumps(request.to_dict()).encode())))  # as tritonclient packs
+    gzipped = infer.sync(MODEL, client=client, body=packed, content_encoding="gzip")
+    np.testing.assert_allclose(gzipped.outputs[0].data, expected, atol=1e-5)
+
+    def binary_body(binary_output: bool):
+        """The image as raw BYTES after the JSON header, and that header's length."""
+        header = json.dumps({
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                        "parameters": {"binary_data_size": 4 + len(cat)}}],
+            "outputs": [{"name": "stride8__avg", "parameters": {"binary_data": binary_output}}],
+        }).encode()  # fmt: skip
+        body = File(payload=io.BytesIO(header + struct.pack("<I", len(cat)) + cat))
+        return {"body": body, "inference_header_content_length": len(header)}
+
+    answer = versioned.sync(MODEL, client=client, **binary_body(binary_output=False))
+    assert isinstance(answer, models.V2InferResponse), answer
+    np.testing.assert_allclose(answer.outputs[0].data, expected, atol=1e-5)
+
+    # a binary answer: the generated request, read as the document says (the generated parser reads JSON only)
+    response = client.get_httpx_client().request(**versioned._get_kwargs(MODEL, **binary_body(binary_output=True)))
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/octet-stream"
+    length = int(response.headers["Inference-Header-Content-Length"])
+    header = models.V2InferResponse.from_dict(json.loads(response.content[:length]))
+    (output,) = header.outputs
+    assert isinstance(output.data, types.Unset) and output.parameters.binary_data_size == 4 * expected.size
+    np.testing.assert_allclose(np.frombuffer(response.content[length:], "<f4"), expected, atol=1e-5)
+
+
+def test_v2_errors_are_typed(client, models, cat):
+    infer = operation(V2, "v2_model_infer")
+
+    def ask(*images: bytes, model: str = MODEL, data: list[str] | None = None, **fields):
+        given = image_input(models, *images)
+        given.data = data or given.data
+        return infer.sync_detailed(model, client=client, body=models.V2InferRequest(inputs=[given], **fields))
+
+    unknown = [models.V2InferRequestedOutput(name="fc9")]
+    v2_error(ask(cat, outputs=unknown), 400, "fc9")
+    v2_error(ask(cat, model="nope"), 404, "nope")
+    v2_error(ask(*[cat] * 5), 413, "limit is 4")
+    v2_error(ask(b"not an image"), 422)
+    v2_error(ask(cat, data=["not base64!"]), 400, "base64")
+    request = infer._get_kwargs(MODEL, body=models.V2InferRequest(inputs=[image_input(models, cat)]))
+    request["headers"]["Content-Encoding"] = "br"  # no generated request sends an encoding the document does not list
+    v2_error(infer._build_response(client=client, response=client.get_httpx_client().request(**request)), 415, "br")

@@ -30,6 +30,7 @@ from tests.integration.conftest import Server
 
 MODEL = "efficientnet_lite0"
 FEATURES = f"/v1/models/{MODEL}/features"
+V2_INFER = f"/v2/models/{MODEL}/infer"
 MAX_BODY = 3_000_000  # the session server's FEATURES_MAX_BODY_BYTES (tests/conftest.py)
 MAX_IMAGES = 8
 
@@ -147,6 +148,20 @@ def test_framing_and_header_errors_are_problem_json(server, case):
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("case", ["chunked body over the limit", "Content-Length over the limit",
+                                  "malformed chunk size", "unmet expectation", "headers too large",
+                                  "control character in a header value"])  # fmt: skip
+def test_framing_errors_on_v2_routes_take_the_protocols_form(server, case):
+    """Refused before the app sees the request, yet answered as the Open Inference Protocol answers errors."""
+    raw, status, fragment = FRAMING_CASES[case]
+    raw = raw.replace(FEATURES.encode(), V2_INFER.encode(), 1).replace(b" /healthz ", f" {V2_INFER} ".encode(), 1)
+    response = exchange(server.port, raw, method="POST" if raw.startswith(b"POST") else "GET")
+    assert response is not None and response.status == status, response and response.body[:300]
+    assert response.getheader("Content-Type") == "application/json"
+    error = json.loads(response.body)
+    assert list(error) == ["error"] and fragment in error["error"], error
+
+
 def embedding(response_body: bytes) -> np.ndarray:
     body = json.loads(response_body)
     return np.asarray(body["results"][0]["features"]["high"]["embedding"]["values"], dtype=np.float32)
@@ -186,7 +201,8 @@ def test_pipelined_requests_are_answered_in_order(server):
 PATHS = ["/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/models", f"/v1/models/{MODEL}", FEATURES,
          f"/v1/models/{MODEL}/labels", f"/v1/models/{MODEL}/layers/stem/maps.png",
          f"/v1/models/{MODEL}/layers/stem/filters.png", "/v1/models/nope/features", "//", "/%00", "/..%2f..%2f",
-         "/static/../../etc/passwd", "*", "http://evil.example/healthz"]  # fmt: skip
+         "/static/../../etc/passwd", "*", "http://evil.example/healthz", V2_INFER, f"/v2/models/{MODEL}",
+         "/v2/health/ready", "/v2", "/v2/models/nope/infer"]  # fmt: skip
 OPTION_NAMES = ["layers", "levels", "pooling", "normalize", "encoding", "dtype", "k", "alpha", "zzz"]
 HEADER_NAMES = [b"Content-Type", b"Accept", b"X-Request-ID", b"Authorization", b"Host", b"Cookie", b"Range",
                 b"Connection", b"X-Forwarded-For", b"X-Forwarded-Proto", b"Expect", b"Content-Encoding",
@@ -206,6 +222,10 @@ BODIES = [
     b'--b0\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n' + JPEG + b"\r\n--b0--\r\n",
     b'--b0\r\nContent-Disposition: form-data; name="image"\r\n\r\nxx\r\n--b0',
     b"\x89PNG\r\n\x1a\n" + bytes(40),
+    b'{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["' + base64.b64encode(JPEG) + b'"]}]}',
+    b'{"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]}'
+    + b"\x05\x00\x00\x00abcde",
+    b'{"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP16", "data": [[1]]}], "outputs": 3}',
 ]
 
 
@@ -261,7 +281,9 @@ def test_generated_raw_requests_never_get_a_server_error(fuzz_server, case, with
         assert not complete, raw[:300]
         return
     assert response.status < 500, (raw[:300], response.status, response.body[:300])
-    if response.status >= 400:
+    if response.status >= 400 and raw.split(b" ")[1].startswith(b"/v2"):  # the protocol's own error form
+        assert list(json.loads(response.body)) == ["error"], (raw[:300], response.body[:200])
+    elif response.status >= 400:
         assert response.getheader("Content-Type") == "application/problem+json", (raw[:300], response.body[:200])
 
 

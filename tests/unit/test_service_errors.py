@@ -123,9 +123,11 @@ def test_one_bad_image_names_its_index(client):
 
 
 def test_unknown_route_and_method(client):
-    response = client.get("/v2/nothing")
+    response = client.get("/v3/nothing")
     assert response.status_code == 404 and response.headers["Content-Type"] == "application/problem+json"
-    assert response.json["detail"] == "no route /v2/nothing; see /openapi.json"
+    assert response.json["detail"] == "no route /v3/nothing; see /openapi.json"
+    response = client.get("/v2/nothing")  # the Open Inference Protocol's own error form (docs/v2.md)
+    assert response.status_code == 404 and response.json == {"error": "no route /v2/nothing; see /openapi.json"}
     response = client.get(URL)
     assert response.status_code == 405 and "POST" in response.headers["Allow"]
     assert response.headers["Content-Type"] == "application/problem+json"
