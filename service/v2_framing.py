@@ -148,7 +148,7 @@ def _input(spec, index: int, binary: memoryview) -> tuple[InputTensor, int]:
             raise InvalidInput(f"input {name}: binary_data_size must be a non-negative integer")
         if size > len(binary):
             raise InvalidInput(f"input {name}: binary_data_size {size} is past the end of the body")
-        raw = bytes(binary[:size])
+        raw = binary[:size]  # a view: each image is copied out once, a tensor not at all
         if datatype == "BYTES":
             tensor.elements = _bytes_elements(raw, count, name)
         else:
@@ -188,7 +188,7 @@ def _flatten(data, name: str) -> list:
     return flat
 
 
-def _fixed(raw: bytes, shape: list[int], datatype: str, name: str) -> np.ndarray:
+def _fixed(raw: memoryview, shape: list[int], datatype: str, name: str) -> np.ndarray:
     dtype = FIXED_DATATYPES[datatype]
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
@@ -196,7 +196,7 @@ def _fixed(raw: bytes, shape: list[int], datatype: str, name: str) -> np.ndarray
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
+def _bytes_elements(raw: memoryview, count: int, name: str) -> list[bytes]:
     elements, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -205,7 +205,7 @@ def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise InvalidInput(f"input {name}: BYTES element {len(elements)} says {length} bytes, past its data")
-        elements.append(raw[offset : offset + length])
+        elements.append(bytes(raw[offset : offset + length]))
         offset += length
     if len(elements) != count:
         raise InvalidInput(f"input {name}: its shape holds {count} elements, its binary data {len(elements)}")
