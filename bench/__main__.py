@@ -74,10 +74,16 @@ def ensure_model(models_dir: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark in a scratch folder (photos, bodies, logs: ~200 MB) that is removed afterwards, failed
+    or not; a failure's message already quotes the server log's end."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        return _run(args, Path(scratch))
+
+
+def _run(args: argparse.Namespace, work: Path) -> dict:
     model_dir = ensure_model(args.models_dir)
     manifest = load_manifest(model_dir / "model.json")
     model_path = str(model_dir / "model.onnx")
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
     images = [path.read_bytes() for path in photos.write_photos(work / "photos")]
     seconds = args.seconds
     results: dict = {
