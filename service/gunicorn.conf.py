@@ -12,8 +12,8 @@
 - No preload_app: ONNX Runtime sessions and their thread pools must be created after the fork, and the
   master must not even import onnxruntime (its import starts a native thread that fork() does not copy;
   engine/registry.py).
-- Prometheus multiprocess mode: its directory is set and emptied in the master before any worker starts, and a
-  dead worker's live gauges are dropped in child_exit.
+- Prometheus multiprocess mode: its directory is set and emptied in the master before any worker starts (a
+  temporary one, removed on exit, when unset), and a dead worker's live gauges are dropped in child_exit.
 - SIGHUP reloads the models in place, in every worker (engine/reload.py), instead of gunicorn's reload, which
   re-read this file and replaced the workers: the master forwards the signal to each worker (service/http_worker.py
   notes it, even during boot; post_worker_init follows it). Settings are not re-read: changing one needs a
@@ -21,6 +21,7 @@
 """
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -36,6 +37,8 @@ try:
     _settings = Settings.from_env()
 except SettingsError as _exc:
     sys.exit(f"error: {_exc}")
+
+_temporary_metrics_dir: Path | None = None  # made by on_starting when PROMETHEUS_MULTIPROC_DIR is unset
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
@@ -74,11 +77,22 @@ def on_starting(server):
     except Misconfigured as exc:
         server.log.error("cannot start: %s", exc)
         sys.exit(1)
-    folder = _settings.metrics_dir or Path(tempfile.mkdtemp(prefix="features-metrics-"))
+    global _temporary_metrics_dir
+    folder = _settings.metrics_dir
+    if folder is None:
+        folder = _temporary_metrics_dir = Path(tempfile.mkdtemp(prefix="features-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):  # samples of a previous run would be added to this one's
         stale.unlink()
     os.environ[METRICS_DIR_VARIABLE] = str(folder)  # for prometheus_client and each worker's Settings
+    server.log.info("metrics samples in %s", folder)
+
+
+def on_exit(server):
+    """The master stops, its workers gone: remove the metrics folder it made (each start made one in /tmp that
+    no one removed); a configured PROMETHEUS_MULTIPROC_DIR is the operator's and stays."""
+    if _temporary_metrics_dir is not None:
+        shutil.rmtree(_temporary_metrics_dir, ignore_errors=True)
 
 
 def _forward_hup(server):
