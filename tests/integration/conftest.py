@@ -8,6 +8,7 @@ the exporter as a user would. The session fixtures: one real export through the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,13 @@ class Server(Gunicorn):
         os.close(handle)
         args, environment = service_command(models_dir, *gunicorn_args, **{"FEATURES_LOG_LEVEL": "info", **env})
         super().__init__(args, environment, Path(name), "/readyz")
+
+    def metrics_dir(self) -> Path:
+        """The Prometheus folder the master named in its log (a temporary one unless PROMETHEUS_MULTIPROC_DIR is
+        set)."""
+        named = re.search(r"metrics samples in ([^\s\"]+)", self.output())
+        assert named, "the master names its metrics folder in its log"
+        return Path(named.group(1))
 
 
 HUB_VENV_HINT = "python3 -m venv .venv-hub && .venv-hub/bin/pip install -q -e '.[hub]' (the README's test command does)"

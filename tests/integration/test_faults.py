@@ -7,6 +7,7 @@ import http.client
 import itertools
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -88,11 +89,14 @@ def load(url: str, body: bytes, total: int, fault_after: int, fault) -> tuple[li
 
 
 def sigkill_instance(server: Server) -> None:
-    """SIGKILL a gunicorn master and all its workers: the instance vanishes without any clean-up."""
+    """SIGKILL a gunicorn master and all its workers: the instance vanishes without any clean-up, so the test
+    removes the temporary metrics folder the master would have removed on exit."""
+    leftover = server.metrics_dir()
     victims = [server.process.pid, *worker_pids(server.process.pid)]
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     server.process.wait(timeout=10)
+    shutil.rmtree(leftover)
 
 
 def summary(outcomes: list[Outcome]) -> dict[str, int]:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -134,9 +132,7 @@ def test_logs_are_json_lines_with_request_ids(two_workers):
 def test_sigterm_lets_in_flight_requests_finish(models_dir):
     server = Server(models_dir, FEATURES_MAX_IMAGES="16").wait_ready()
     try:
-        named = re.search(r"metrics samples in ([^\s\"]+)", server.output())
-        assert named, "the master names the temporary metrics folder it made"
-        metrics_dir = Path(named.group(1))
+        metrics_dir = server.metrics_dir()
         assert metrics_dir.is_dir()
         files = [("image", (f"{i}.jpg", photo_jpeg("astronaut"))) for i in range(16)]
         result: dict = {}
