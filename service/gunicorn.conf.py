@@ -38,8 +38,6 @@ try:
 except SettingsError as _exc:
     sys.exit(f"error: {_exc}")
 
-_temporary_metrics_dir: Path | None = None  # made by on_starting when PROMETHEUS_MULTIPROC_DIR is unset
-
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 worker_class = "service.http_worker.BufferingWorker"  # gthread that buffers each request in its event loop
@@ -77,10 +75,7 @@ def on_starting(server):
     except Misconfigured as exc:
         server.log.error("cannot start: %s", exc)
         sys.exit(1)
-    global _temporary_metrics_dir
-    folder = _settings.metrics_dir
-    if folder is None:
-        folder = _temporary_metrics_dir = Path(tempfile.mkdtemp(prefix="features-metrics-"))
+    folder = _settings.metrics_dir or Path(tempfile.mkdtemp(prefix="features-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):  # samples of a previous run would be added to this one's
         stale.unlink()
@@ -91,8 +86,9 @@ def on_starting(server):
 def on_exit(server):
     """The master stops, its workers gone: remove the metrics folder it made (each start made one in /tmp that
     no one removed); a configured PROMETHEUS_MULTIPROC_DIR is the operator's and stays."""
-    if _temporary_metrics_dir is not None:
-        shutil.rmtree(_temporary_metrics_dir, ignore_errors=True)
+    made = os.environ.get(METRICS_DIR_VARIABLE) if _settings.metrics_dir is None else None  # set by on_starting
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _forward_hup(server):

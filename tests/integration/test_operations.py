@@ -52,6 +52,7 @@ def two_workers(models_dir, tmp_path_factory):
         time.sleep(0.2)
     yield server, metrics_dir
     server.stop()
+    assert metrics_dir.is_dir(), "a configured PROMETHEUS_MULTIPROC_DIR is the operator's: kept at exit"
 
 
 def test_metrics_add_up_across_two_workers(two_workers):
