@@ -41,8 +41,6 @@ PHOTOS = (
 )  # fmt: skip
 K = 10
 ADD_BLOCK = 8192
-
-
 QUICK_COUNT = EXACT_UP_TO + 2_000  # just above the exact-scan limit, so that the HNSW path is what runs
 
 
